@@ -1,0 +1,679 @@
+//! The `decide` stage: run a tenant's plugin on one order event, in a fresh
+//! sandbox, under limits.
+//!
+//! In: a loaded [`Plugin`], the event, the [`Context`] and the tenant's
+//! [`Limits`]. Out: a [`Decision`] (the plugin's actions or its own
+//! `rule-error`, plus what it consumed and logged). Fails with a
+//! [`DecideError`] naming the plugin and the [`Fault`]: a trap, a timeout,
+//! running out of fuel, a memory limit, output too large or invalid, an
+//! instantiation error. Loading a component fails with a [`LoadError`]
+//! (malformed, a core module, too large, another contract version).
+//!
+//! One [`Runtime`] per process holds the engine (pooling allocator, fuel,
+//! epoch interruption), the linker, the compiled-component cache and the
+//! admission semaphores. Each decision gets its own `Store`.
+
+pub mod cache;
+pub mod limits;
+pub mod sandbox;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tidings_sdk::action::{Action, RuleError};
+use tidings_sdk::types::{Context, OrderEvent, PluginInfo};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Engine, Store, Trap};
+
+use crate::bindings::{self, CONTRACT_VERSION, PLUGIN_INTERFACE, RulePre, convert::Conv};
+use cache::ArtifactCache;
+pub use limits::{EngineLimits, Limits};
+use limits::{EpochTicker, MemoryLimitExceeded};
+pub use sandbox::{LogLine, Source};
+use sandbox::SandboxState;
+
+/// A plugin as the host names it in faults and audit: name and version from
+/// `describe()`, and the component's sha256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PluginRef {
+    /// Plugin name.
+    pub name: String,
+    /// Plugin version.
+    pub version: String,
+    /// Hex sha256 of the component bytes.
+    pub sha256: String,
+}
+
+impl std::fmt::Display for PluginRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.name, self.version)
+    }
+}
+
+/// A validated, compiled, pre-instantiated plugin. Cheap to clone.
+#[derive(Clone)]
+pub struct Plugin {
+    inner: Arc<PluginInner>,
+}
+
+struct PluginInner {
+    id: PluginRef,
+    info: PluginInfo,
+    size: usize,
+    contract: semver::Version,
+    pre: RulePre<SandboxState>,
+}
+
+impl Plugin {
+    /// Name, version and hash.
+    pub fn id(&self) -> &PluginRef {
+        &self.inner.id
+    }
+
+    /// What `describe()` returned.
+    pub fn info(&self) -> &PluginInfo {
+        &self.inner.info
+    }
+
+    /// Component size in bytes.
+    pub fn size(&self) -> usize {
+        self.inner.size
+    }
+
+    /// The contract version the plugin was built against.
+    pub fn contract_version(&self) -> &semver::Version {
+        &self.inner.contract
+    }
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin").field("id", &self.inner.id).finish_non_exhaustive()
+    }
+}
+
+/// What a decision consumed, measured against the limits in force.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    /// Wasm instructions executed (fuel consumed).
+    pub fuel: u64,
+    /// Largest linear memory reached, in bytes.
+    pub peak_memory_bytes: usize,
+    /// Wall time from store creation to result, in microseconds.
+    pub wall_time_us: u64,
+    /// The actions as JSON, in bytes (0 when the plugin did not return actions).
+    pub output_bytes: usize,
+}
+
+/// The outcome of running a plugin on one event.
+#[derive(Debug, Clone, Serialize)]
+pub struct Decision {
+    /// Which plugin decided.
+    pub plugin: PluginRef,
+    /// The plugin's actions, or its own `rule-error`.
+    pub outcome: Result<Vec<Action>, RuleError>,
+    /// What it consumed.
+    pub usage: Usage,
+    /// What it logged (bounded).
+    pub log: Vec<LogLine>,
+    /// Log bytes dropped past the limit.
+    pub log_truncated_bytes: usize,
+}
+
+/// A plugin failed in a way the host detected (never the plugin's own
+/// `rule-error`, which is a [`Decision`] outcome).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Fault {
+    /// The guest trapped (panic, abort, unreachable, bad memory access...).
+    #[error("trap: {message}")]
+    Trap {
+        /// What trapped, with the guest's panic message when there is one.
+        message: String,
+    },
+    /// The guest overflowed its Wasm stack.
+    #[error("stack overflow (limit {limit_bytes} bytes)")]
+    StackOverflow {
+        /// The stack limit.
+        limit_bytes: usize,
+    },
+    /// The decision ran past its wall-clock limit.
+    #[error("timeout: ran past the {limit_ms} ms wall-clock limit")]
+    Timeout {
+        /// The limit.
+        limit_ms: u64,
+    },
+    /// The decision executed more instructions than its fuel.
+    #[error("out of fuel: used all {limit} instructions")]
+    OutOfFuel {
+        /// The limit.
+        limit: u64,
+    },
+    /// The guest grew its memory past the limit.
+    #[error("memory limit: asked for {requested_bytes} bytes, the limit is {limit_bytes}")]
+    MemoryLimit {
+        /// What it asked for.
+        requested_bytes: usize,
+        /// The limit.
+        limit_bytes: usize,
+    },
+    /// Too many actions, or actions too large.
+    #[error("output too large: {what} is {actual}, the limit is {limit}")]
+    OutputTooLarge {
+        /// `actions` or `output bytes`.
+        what: &'static str,
+        /// What the plugin returned.
+        actual: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The output is well-typed but unusable (e.g. an empty template name).
+    #[error("invalid output: {message}")]
+    InvalidOutput {
+        /// What is wrong.
+        message: String,
+    },
+    /// The component could not be instantiated.
+    #[error("instantiation failed: {message}")]
+    Instantiation {
+        /// Why.
+        message: String,
+    },
+}
+
+/// A decision that failed with a fault, naming the plugin.
+#[derive(Debug, Clone, Serialize, thiserror::Error)]
+#[error("plugin {plugin} failed: {fault}")]
+pub struct DecideError {
+    /// Which plugin.
+    pub plugin: PluginRef,
+    /// What went wrong.
+    pub fault: Fault,
+    /// What it consumed before failing.
+    pub usage: Usage,
+    /// What it logged before failing.
+    pub log: Vec<LogLine>,
+}
+
+/// A component was rejected at load (upload) time.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Larger than the component size limit.
+    #[error("component is {size} bytes, the limit is {limit} bytes")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Not WebAssembly at all.
+    #[error("not a WebAssembly binary (it does not start with the `\\0asm` magic)")]
+    Malformed,
+    /// A core module where a component is needed.
+    #[error(
+        "this is a core WebAssembly module, not a component: build the plugin with \
+         `cargo build --target wasm32-wasip2` (or wrap it with `wasm-tools component new`)"
+    )]
+    CoreModule,
+    /// Failed validation or compilation.
+    #[error("invalid component: {0}")]
+    Invalid(String),
+    /// Does not export the plugin interface.
+    #[error("the component does not export `{PLUGIN_INTERFACE}`; is it a Tidings plugin?")]
+    NotAPlugin,
+    /// Built against a contract version this host does not serve.
+    #[error(
+        "the plugin was built against tidings:notify@{found}, this host serves \
+         tidings:notify@{supported} (rebuild it with a matching tidings-sdk)"
+    )]
+    UnsupportedContract {
+        /// The plugin's contract version.
+        found: String,
+        /// The host's.
+        supported: String,
+    },
+    /// Imports something the host does not provide.
+    #[error("the component imports something the host does not provide: {0}")]
+    Link(String),
+    /// `describe()` faulted or returned something unusable.
+    #[error("describe() failed: {0}")]
+    Describe(Fault),
+}
+
+/// Errors setting up the runtime.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start the plugin runtime: {0}")]
+pub struct RuntimeError(String);
+
+/// The plugin runtime: one per process.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<SandboxState>,
+    engine_limits: EngineLimits,
+    default_limits: Limits,
+    cache: ArtifactCache,
+    global: Arc<Semaphore>,
+    tenants: Mutex<HashMap<String, Arc<Semaphore>>>,
+    _ticker: EpochTicker,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("engine_limits", &self.engine_limits)
+            .field("default_limits", &self.default_limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How to build a [`Runtime`].
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeConfig {
+    /// Process-wide limits.
+    pub engine_limits: EngineLimits,
+    /// Per-decision limits for tenants without their own.
+    pub default_limits: Limits,
+    /// Directory for precompiled components (none: memory only).
+    pub cache_dir: Option<std::path::PathBuf>,
+}
+
+impl Runtime {
+    /// Build the engine, linker, cache and ticker.
+    pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
+        let engine_limits = config.engine_limits;
+        let slots = u32::try_from(engine_limits.max_concurrent).unwrap_or(u32::MAX);
+        let mut pool = wasmtime::PoolingAllocationConfig::new();
+        pool.total_component_instances(slots)
+            .total_core_instances(slots.saturating_mul(8))
+            .total_memories(slots.saturating_mul(2))
+            .total_tables(slots.saturating_mul(8))
+            .max_memories_per_component(4)
+            .max_tables_per_component(8)
+            // Our limiter traps before the pool's own cap is reached, so a
+            // memory hog gets a precise fault rather than a failed grow.
+            .max_memory_size(engine_limits.max_memory_bytes.saturating_mul(2))
+            .max_unused_warm_slots(slots);
+
+        let mut wasm = wasmtime::Config::new();
+        wasm.wasm_component_model(true)
+            .consume_fuel(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(engine_limits.stack_bytes)
+            .allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&wasm).map_err(|e| RuntimeError(format!("{e:#}")))?;
+
+        let mut linker = Linker::new(&engine);
+        sandbox::add_to_linker(&mut linker).map_err(|e| RuntimeError(format!("{e:#}")))?;
+        let cache = ArtifactCache::new(&engine, config.cache_dir).map_err(|e| RuntimeError(e.to_string()))?;
+        let ticker = EpochTicker::start(&engine).map_err(|e| RuntimeError(e.to_string()))?;
+        Ok(Self {
+            global: Arc::new(Semaphore::new(engine_limits.max_concurrent)),
+            engine,
+            linker,
+            engine_limits,
+            default_limits: config.default_limits,
+            cache,
+            tenants: Mutex::new(HashMap::new()),
+            _ticker: ticker,
+        })
+    }
+
+    /// The limits decisions get unless a tenant has its own.
+    pub fn default_limits(&self) -> &Limits {
+        &self.default_limits
+    }
+
+    /// The process-wide limits.
+    pub fn engine_limits(&self) -> &EngineLimits {
+        &self.engine_limits
+    }
+
+    /// Validate, compile (or fetch from the cache), link and describe a
+    /// component.
+    pub fn load(&self, bytes: &[u8]) -> Result<Plugin, LoadError> {
+        let limit = self.engine_limits.component_bytes;
+        if bytes.len() > limit {
+            return Err(LoadError::TooLarge {
+                size: bytes.len(),
+                limit,
+            });
+        }
+        match bytes.get(..8) {
+            Some([0, b'a', b's', b'm', _, _, 1, 0]) => {}
+            Some([0, b'a', b's', b'm', _, _, 0, 0]) => return Err(LoadError::CoreModule),
+            _ => return Err(LoadError::Malformed),
+        }
+        let sha256 = hex::encode(Sha256::digest(bytes));
+        let component = self.cache.get_or_compile(&sha256, bytes)?;
+        let contract = self.contract_version(&component)?;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        let pre = RulePre::new(instance_pre).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+
+        let placeholder = PluginRef {
+            name: "(unnamed)".into(),
+            version: "0.0.0".into(),
+            sha256: sha256.clone(),
+        };
+        let info = self.describe(&pre, &placeholder)?;
+        let id = PluginRef {
+            name: info.name.clone(),
+            version: info.version.clone(),
+            sha256,
+        };
+        Ok(Plugin {
+            inner: Arc::new(PluginInner {
+                id,
+                info,
+                size: bytes.len(),
+                contract,
+                pre,
+            }),
+        })
+    }
+
+    /// The contract version of the plugin interface `component` exports,
+    /// checked against ours: same major (same minor for 0.x), not newer.
+    fn contract_version(&self, component: &Component) -> Result<semver::Version, LoadError> {
+        let ty = component.component_type();
+        let exported = ty
+            .exports(&self.engine)
+            .filter_map(|(name, _)| name.strip_prefix(PLUGIN_INTERFACE)?.strip_prefix('@').map(str::to_owned))
+            .next()
+            .ok_or(LoadError::NotAPlugin)?;
+        let found = semver::Version::parse(&exported).map_err(|_| LoadError::NotAPlugin)?;
+        let ours = semver::Version::parse(CONTRACT_VERSION).expect("CONTRACT_VERSION is valid semver");
+        let compatible = found.major == ours.major
+            && (ours.major != 0 || found.minor == ours.minor)
+            && found <= ours;
+        if !compatible {
+            return Err(LoadError::UnsupportedContract {
+                found: found.to_string(),
+                supported: ours.to_string(),
+            });
+        }
+        Ok(found)
+    }
+
+    fn describe(&self, pre: &RulePre<SandboxState>, id: &PluginRef) -> Result<PluginInfo, LoadError> {
+        let limits = &self.default_limits;
+        let mut run = self.sandbox(limits, 0, "describe");
+        let result = (|| {
+            let rule = pre.instantiate(&mut run.store).map_err(|e| instantiation_fault(&e))?;
+            rule.tidings_notify_plugin()
+                .call_describe(&mut run.store)
+                .map_err(|e| classify(&e, &run.store, limits, &self.engine_limits))
+        })();
+        let info: PluginInfo = result.map_err(LoadError::Describe)?.conv();
+        let invalid = |message: String| LoadError::Describe(Fault::InvalidOutput { message });
+        if info.name.trim().is_empty() {
+            return Err(invalid("plugin name is empty".into()));
+        }
+        semver::Version::parse(&info.version)
+            .map_err(|e| invalid(format!("plugin version `{}` is not semver: {e}", info.version)))?;
+        serde_json::from_str::<serde_json::Value>(&info.config_schema)
+            .map_err(|e| invalid(format!("config schema of {id} is not JSON: {e}")))?;
+        Ok(info)
+    }
+
+    fn sandbox(&self, limits: &Limits, now_ms: i64, seed: &str) -> Run {
+        let state = SandboxState::new(now_ms, seed, limits.memory_bytes, limits.max_log_bytes);
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.memory);
+        store
+            .set_fuel(limits.fuel)
+            .expect("fuel is enabled in the engine config");
+        store.set_epoch_deadline(limits.deadline_ticks());
+        store.epoch_deadline_trap();
+        Run {
+            store,
+            started: Instant::now(),
+        }
+    }
+
+    /// Run `plugin` on `event` synchronously on this thread, in a fresh
+    /// sandbox, under `limits`. No admission control: see [`Runtime::decide`].
+    pub fn evaluate(
+        &self,
+        plugin: &Plugin,
+        event: &OrderEvent,
+        ctx: &Context,
+        limits: &Limits,
+    ) -> Result<Decision, DecideError> {
+        let mut run = self.sandbox(limits, ctx.now.as_millisecond(), &event.id);
+        let wit_event: bindings::types::OrderEvent = event.without_contact_details().conv();
+        let wit_ctx: bindings::types::Context = ctx.clone().conv();
+
+        let called = (|| {
+            let rule = plugin
+                .inner
+                .pre
+                .instantiate(&mut run.store)
+                .map_err(|e| instantiation_fault(&e))?;
+            rule.tidings_notify_plugin()
+                .call_decide(&mut run.store, &wit_event, &wit_ctx)
+                .map_err(|e| classify(&e, &run.store, limits, &self.engine_limits))
+        })();
+
+        let mut usage = run.usage(limits);
+        let outcome = called.and_then(|result| match result {
+            Ok(actions) => {
+                let actions: Vec<Action> = actions.conv();
+                usage.output_bytes = check_output(&actions, limits)?;
+                Ok(Ok(actions))
+            }
+            Err(rule_error) => Ok(Err(rule_error.conv())),
+        });
+        let (log, log_truncated_bytes) = run.store.data().log.finish();
+        match outcome {
+            Ok(outcome) => Ok(Decision {
+                plugin: plugin.id().clone(),
+                outcome,
+                usage,
+                log,
+                log_truncated_bytes,
+            }),
+            Err(fault) => Err(DecideError {
+                plugin: plugin.id().clone(),
+                fault,
+                usage,
+                log,
+            }),
+        }
+    }
+
+    /// Run a decision with admission control: waits for a slot for `tenant`
+    /// and a global slot (backpressure, never a pool-exhaustion error), then
+    /// evaluates on a blocking thread.
+    pub async fn decide(
+        self: &Arc<Self>,
+        tenant: &str,
+        plugin: &Plugin,
+        event: &OrderEvent,
+        ctx: &Context,
+        limits: &Limits,
+    ) -> Result<Decision, DecideError> {
+        let permits = self.admit(tenant).await;
+        let (runtime, plugin, event, ctx, limits) =
+            (self.clone(), plugin.clone(), event.clone(), ctx.clone(), limits.clone());
+        let id = plugin.id().clone();
+        tokio::task::spawn_blocking(move || {
+            let _permits = permits;
+            runtime.evaluate(&plugin, &event, &ctx, &limits)
+        })
+        .await
+        .unwrap_or_else(|join| {
+            Err(DecideError {
+                plugin: id,
+                fault: Fault::Trap {
+                    message: format!("host task failed: {join}"),
+                },
+                usage: Usage::default(),
+                log: Vec::new(),
+            })
+        })
+    }
+
+    /// Wait for a slot for `tenant`, then a global one. The tenant slot comes
+    /// first so one busy tenant queues behind its own limit instead of taking
+    /// every global slot.
+    pub async fn admit(&self, tenant: &str) -> (OwnedSemaphorePermit, OwnedSemaphorePermit) {
+        let tenant_slots = {
+            let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+            tenants
+                .entry(tenant.to_owned())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.engine_limits.max_concurrent_per_tenant)))
+                .clone()
+        };
+        let tenant_permit = tenant_slots
+            .acquire_owned()
+            .await
+            .expect("tenant semaphores are never closed");
+        let global_permit = self
+            .global
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the global semaphore is never closed");
+        (tenant_permit, global_permit)
+    }
+}
+
+struct Run {
+    store: Store<SandboxState>,
+    started: Instant,
+}
+
+impl Run {
+    fn usage(&self, limits: &Limits) -> Usage {
+        let remaining = self.store.get_fuel().unwrap_or(0);
+        Usage {
+            fuel: limits.fuel.saturating_sub(remaining),
+            peak_memory_bytes: self.store.data().memory.peak(),
+            wall_time_us: u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            output_bytes: 0,
+        }
+    }
+}
+
+fn instantiation_fault(err: &wasmtime::Error) -> Fault {
+    if let Some(mem) = err.downcast_ref::<MemoryLimitExceeded>() {
+        return Fault::MemoryLimit {
+            requested_bytes: mem.desired,
+            limit_bytes: mem.limit,
+        };
+    }
+    Fault::Instantiation {
+        message: format!("{err:#}"),
+    }
+}
+
+/// Turn an error from a guest call into the fault it stands for.
+fn classify(
+    err: &wasmtime::Error,
+    store: &Store<SandboxState>,
+    limits: &Limits,
+    engine_limits: &EngineLimits,
+) -> Fault {
+    if let Some(mem) = err.downcast_ref::<MemoryLimitExceeded>() {
+        return Fault::MemoryLimit {
+            requested_bytes: mem.desired,
+            limit_bytes: mem.limit,
+        };
+    }
+    match err.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => Fault::OutOfFuel { limit: limits.fuel },
+        Some(Trap::Interrupt) => Fault::Timeout {
+            limit_ms: limits.wall_clock_ms,
+        },
+        Some(Trap::StackOverflow) => Fault::StackOverflow {
+            limit_bytes: engine_limits.stack_bytes,
+        },
+        Some(trap) => {
+            let message = match store.data().log.panic_message() {
+                Some(panic) => format!("{trap}; the plugin {panic}"),
+                None => trap.to_string(),
+            };
+            Fault::Trap { message }
+        }
+        None => Fault::Trap {
+            message: format!("{err:#}"),
+        },
+    }
+}
+
+/// Enforce the action count and output size, and reject unusable actions.
+fn check_output(actions: &[Action], limits: &Limits) -> Result<usize, Fault> {
+    if actions.len() > limits.max_actions {
+        return Err(Fault::OutputTooLarge {
+            what: "actions",
+            actual: actions.len(),
+            limit: limits.max_actions,
+        });
+    }
+    let bytes = serde_json::to_vec(actions).map(|v| v.len()).unwrap_or(usize::MAX);
+    if bytes > limits.max_output_bytes {
+        return Err(Fault::OutputTooLarge {
+            what: "output bytes",
+            actual: bytes,
+            limit: limits.max_output_bytes,
+        });
+    }
+    for (i, action) in actions.iter().enumerate() {
+        validate_action(action).map_err(|message| Fault::InvalidOutput {
+            message: format!("action {i}: {message}"),
+        })?;
+    }
+    Ok(bytes)
+}
+
+fn validate_action(action: &Action) -> Result<(), String> {
+    let name = |what: &str, value: &str| -> Result<(), String> {
+        let ok = !value.is_empty()
+            && value.len() <= 128
+            && value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "{what} `{value}` must be 1-128 characters of letters, digits, `-`, `_`, `.` or `/`"
+            ))
+        }
+    };
+    let key = |what: &str, value: &Option<String>| match value {
+        Some(v) if v.is_empty() || v.len() > 256 => Err(format!("{what} must be 1-256 characters")),
+        _ => Ok(()),
+    };
+    match action {
+        Action::Notify(n) | Action::HoldForApproval { notify: n, .. } => {
+            name("template", &n.template)?;
+            key("dedupe_key", &n.dedupe_key)?;
+            key("cancel_key", &n.cancel_key)?;
+            if let Some(locale) = &n.locale {
+                name("locale", locale)?;
+            }
+            if let Action::HoldForApproval { reason, .. } = action {
+                if reason.trim().is_empty() {
+                    return Err("hold_for_approval needs a reason".into());
+                }
+            }
+            Ok(())
+        }
+        Action::Escalate(e) => {
+            name("queue", &e.queue)?;
+            if e.reason.trim().is_empty() {
+                return Err("escalate needs a reason".into());
+            }
+            Ok(())
+        }
+        Action::Cancel { cancel_key } => key("cancel_key", &Some(cancel_key.clone())),
+    }
+}
