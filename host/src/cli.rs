@@ -94,8 +94,16 @@ fn runtime() -> Result<Runtime, RunnerError> {
 }
 
 fn run(args: RunArgs) -> Result<ExitCode, RunnerError> {
-    let config = args.config.as_deref().map(runner::read_config).transpose()?;
-    let base = args.context.as_deref().map(runner::read_context).transpose()?;
+    let config = args
+        .config
+        .as_deref()
+        .map(runner::read_config)
+        .transpose()?;
+    let base = args
+        .context
+        .as_deref()
+        .map(runner::read_context)
+        .transpose()?;
     let events = runner::expand_event_paths(&args.event)?
         .iter()
         .map(|path| Ok((path.clone(), runner::read_event(path)?)))
@@ -116,10 +124,18 @@ fn run(args: RunArgs) -> Result<ExitCode, RunnerError> {
         let report = Report::new(&plugin, event, result, &limits, runtime.engine_limits());
         all_ok &= report.succeeded();
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&report).expect("reports serialise"));
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).expect("reports serialise")
+            );
             continue;
         }
-        eprintln!("== {} ({}) with {}", path.display(), report.event_kind, report.plugin);
+        eprintln!(
+            "== {} ({}) with {}",
+            path.display(),
+            report.event_kind,
+            report.plugin
+        );
         println!(
             "{}",
             serde_json::to_string_pretty(&report.decision()).expect("decisions serialise")
@@ -135,7 +151,11 @@ fn run(args: RunArgs) -> Result<ExitCode, RunnerError> {
         }
         eprint!("{}", report.limits_table());
     }
-    Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn check(args: CheckArgs) -> Result<ExitCode, RunnerError> {
@@ -156,6 +176,9 @@ fn check(args: CheckArgs) -> Result<ExitCode, RunnerError> {
                 .unwrap_or(serde_json::Value::Null),
         },
     });
-    println!("{}", serde_json::to_string_pretty(&report).expect("reports serialise"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&report).expect("reports serialise")
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -33,8 +33,8 @@ use crate::bindings::{self, CONTRACT_VERSION, PLUGIN_INTERFACE, RulePre, convert
 use cache::ArtifactCache;
 pub use limits::{EngineLimits, Limits};
 use limits::{EpochTicker, MemoryLimitExceeded};
-pub use sandbox::{LogLine, Source};
 use sandbox::SandboxState;
+pub use sandbox::{LogLine, Source};
 
 /// A plugin as the host names it in faults and audit: name and version from
 /// `describe()`, and the component's sha256.
@@ -92,7 +92,9 @@ impl Plugin {
 
 impl std::fmt::Debug for Plugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Plugin").field("id", &self.inner.id).finish_non_exhaustive()
+        f.debug_struct("Plugin")
+            .field("id", &self.inner.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -308,7 +310,8 @@ impl Runtime {
 
         let mut linker = Linker::new(&engine);
         sandbox::add_to_linker(&mut linker).map_err(|e| RuntimeError(format!("{e:#}")))?;
-        let cache = ArtifactCache::new(&engine, config.cache_dir).map_err(|e| RuntimeError(e.to_string()))?;
+        let cache = ArtifactCache::new(&engine, config.cache_dir)
+            .map_err(|e| RuntimeError(e.to_string()))?;
         let ticker = EpochTicker::start(&engine).map_err(|e| RuntimeError(e.to_string()))?;
         Ok(Self {
             global: Arc::new(Semaphore::new(engine_limits.max_concurrent)),
@@ -384,11 +387,16 @@ impl Runtime {
         let ty = component.component_type();
         let exported = ty
             .exports(&self.engine)
-            .filter_map(|(name, _)| name.strip_prefix(PLUGIN_INTERFACE)?.strip_prefix('@').map(str::to_owned))
+            .filter_map(|(name, _)| {
+                name.strip_prefix(PLUGIN_INTERFACE)?
+                    .strip_prefix('@')
+                    .map(str::to_owned)
+            })
             .next()
             .ok_or(LoadError::NotAPlugin)?;
         let found = semver::Version::parse(&exported).map_err(|_| LoadError::NotAPlugin)?;
-        let ours = semver::Version::parse(CONTRACT_VERSION).expect("CONTRACT_VERSION is valid semver");
+        let ours =
+            semver::Version::parse(CONTRACT_VERSION).expect("CONTRACT_VERSION is valid semver");
         let compatible = found.major == ours.major
             && (ours.major != 0 || found.minor == ours.minor)
             && found <= ours;
@@ -401,11 +409,17 @@ impl Runtime {
         Ok(found)
     }
 
-    fn describe(&self, pre: &RulePre<SandboxState>, id: &PluginRef) -> Result<PluginInfo, LoadError> {
+    fn describe(
+        &self,
+        pre: &RulePre<SandboxState>,
+        id: &PluginRef,
+    ) -> Result<PluginInfo, LoadError> {
         let limits = &self.default_limits;
         let mut run = self.sandbox(limits, 0, "describe");
         let result = (|| {
-            let rule = pre.instantiate(&mut run.store).map_err(|e| instantiation_fault(&e))?;
+            let rule = pre
+                .instantiate(&mut run.store)
+                .map_err(|e| instantiation_fault(&e))?;
             rule.tidings_notify_plugin()
                 .call_describe(&mut run.store)
                 .map_err(|e| classify(&e, &run.store, limits, &self.engine_limits))
@@ -415,8 +429,12 @@ impl Runtime {
         if info.name.trim().is_empty() {
             return Err(invalid("plugin name is empty".into()));
         }
-        semver::Version::parse(&info.version)
-            .map_err(|e| invalid(format!("plugin version `{}` is not semver: {e}", info.version)))?;
+        semver::Version::parse(&info.version).map_err(|e| {
+            invalid(format!(
+                "plugin version `{}` is not semver: {e}",
+                info.version
+            ))
+        })?;
         serde_json::from_str::<serde_json::Value>(&info.config_schema)
             .map_err(|e| invalid(format!("config schema of {id} is not JSON: {e}")))?;
         Ok(info)
@@ -500,8 +518,13 @@ impl Runtime {
         limits: &Limits,
     ) -> Result<Decision, DecideError> {
         let permits = self.admit(tenant).await;
-        let (runtime, plugin, event, ctx, limits) =
-            (self.clone(), plugin.clone(), event.clone(), ctx.clone(), limits.clone());
+        let (runtime, plugin, event, ctx, limits) = (
+            self.clone(),
+            plugin.clone(),
+            event.clone(),
+            ctx.clone(),
+            limits.clone(),
+        );
         let id = plugin.id().clone();
         tokio::task::spawn_blocking(move || {
             let _permits = permits;
@@ -528,7 +551,9 @@ impl Runtime {
             let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
             tenants
                 .entry(tenant.to_owned())
-                .or_insert_with(|| Arc::new(Semaphore::new(self.engine_limits.max_concurrent_per_tenant)))
+                .or_insert_with(|| {
+                    Arc::new(Semaphore::new(self.engine_limits.max_concurrent_per_tenant))
+                })
                 .clone()
         };
         let tenant_permit = tenant_slots
@@ -617,7 +642,9 @@ fn check_output(actions: &[Action], limits: &Limits) -> Result<usize, Fault> {
             limit: limits.max_actions,
         });
     }
-    let bytes = serde_json::to_vec(actions).map(|v| v.len()).unwrap_or(usize::MAX);
+    let bytes = serde_json::to_vec(actions)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
     if bytes > limits.max_output_bytes {
         return Err(Fault::OutputTooLarge {
             what: "output bytes",

@@ -8,7 +8,9 @@ use serde::Serialize;
 use tidings_sdk::action::{Action, RuleError};
 use tidings_sdk::types::{Context, OrderEvent, Timestamp};
 
-use crate::decide::{DecideError, Decision, EngineLimits, Fault, Limits, LogLine, Plugin, PluginRef, Runtime, Usage};
+use crate::decide::{
+    DecideError, Decision, EngineLimits, Fault, Limits, LogLine, Plugin, PluginRef, Runtime, Usage,
+};
 
 /// Why the runner could not do what it was asked.
 #[derive(Debug, thiserror::Error)]
@@ -118,8 +120,15 @@ fn json_error(path: &Path, e: tidings_sdk::types::JsonError) -> RunnerError {
 
 /// The context a local run uses: `base` (or an empty one for tenant `local`),
 /// with `now` defaulting to the event's time so runs are reproducible.
-pub fn context_for(event: &OrderEvent, base: Option<&Context>, config: Option<&serde_json::Value>, now: Option<Timestamp>) -> Context {
-    let mut ctx = base.cloned().unwrap_or_else(|| Context::new("local", event.occurred_at));
+pub fn context_for(
+    event: &OrderEvent,
+    base: Option<&Context>,
+    config: Option<&serde_json::Value>,
+    now: Option<Timestamp>,
+) -> Context {
+    let mut ctx = base
+        .cloned()
+        .unwrap_or_else(|| Context::new("local", event.occurred_at));
     if base.is_none() || now.is_some() {
         ctx.now = now.unwrap_or(event.occurred_at);
     }
@@ -219,9 +228,21 @@ impl Report {
         engine: &EngineLimits,
     ) -> Self {
         let (actions, rule_error, fault, usage, log) = match result {
-            Ok(Decision { outcome: Ok(actions), usage, log, .. }) => (Some(actions), None, None, usage, log),
-            Ok(Decision { outcome: Err(e), usage, log, .. }) => (None, Some(e), None, usage, log),
-            Err(DecideError { fault, usage, log, .. }) => (None, None, Some(fault), usage, log),
+            Ok(Decision {
+                outcome: Ok(actions),
+                usage,
+                log,
+                ..
+            }) => (Some(actions), None, None, usage, log),
+            Ok(Decision {
+                outcome: Err(e),
+                usage,
+                log,
+                ..
+            }) => (None, Some(e), None, usage, log),
+            Err(DecideError {
+                fault, usage, log, ..
+            }) => (None, None, Some(fault), usage, log),
         };
         let action_count = actions.as_ref().map_or(0, Vec::len);
         let Usage {
@@ -284,7 +305,11 @@ impl Report {
                     format!("{:.2} {unit}", v as f64 / scale)
                 }
             };
-            let flag = if m.used > m.limit { "  << OVER LIMIT" } else { "" };
+            let flag = if m.used > m.limit {
+                "  << OVER LIMIT"
+            } else {
+                ""
+            };
             out.push_str(&format!(
                 "  {name:<20} {:>14} of {:>14} ({:>5.1}%){flag}\n",
                 fmt(m.used),

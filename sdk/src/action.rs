@@ -305,18 +305,27 @@ mod tests {
         assert_eq!(n.data["eta"], "today");
 
         let held = hold_for_approval(Channel::Email, "refund", "big").with("amount", 700);
-        assert_eq!(held.message().map(|n| n.data["amount"].as_str()), Some("700"));
+        assert_eq!(
+            held.message().map(|n| n.data["amount"].as_str()),
+            Some("700")
+        );
     }
 
     #[test]
     fn days_count_as_24_hours() {
         let a = notify(Channel::Email, "feedback").after(3.days());
-        assert_eq!(a.message().map(|n| n.timing.clone()), Some(Timing::After { seconds: 259_200 }));
+        assert_eq!(
+            a.message().map(|n| n.timing.clone()),
+            Some(Timing::After { seconds: 259_200 })
+        );
     }
 
     #[test]
     fn actions_serialise_with_a_type_tag() {
         let json = serde_json::to_value(cancel("delay:1")).expect("serialisable");
-        assert_eq!(json, serde_json::json!({"type": "cancel", "cancel_key": "delay:1"}));
+        assert_eq!(
+            json,
+            serde_json::json!({"type": "cancel", "cancel_key": "delay:1"})
+        );
     }
 }

@@ -91,8 +91,10 @@ macro_rules! register_rule {
                 fn decide(
                     event: $crate::guest::WitEvent,
                     context: $crate::guest::WitContext,
-                ) -> ::std::result::Result<::std::vec::Vec<$crate::guest::WitAction>, $crate::guest::WitRuleError>
-                {
+                ) -> ::std::result::Result<
+                    ::std::vec::Vec<$crate::guest::WitAction>,
+                    $crate::guest::WitRuleError,
+                > {
                     $crate::guest::decide::<$rule>(event, context)
                 }
 
@@ -102,7 +104,7 @@ macro_rules! register_rule {
                         env!("CARGO_PKG_VERSION"),
                     )
                 }
-            }
+    }
 
             $crate::guest::export!(Export with_types_in $crate::guest::bindings);
         };

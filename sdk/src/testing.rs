@@ -21,21 +21,45 @@ pub fn fixture_json(kind: EventKind) -> &'static str {
         EventKind::OrderCreated => include_str!("../../tests/fixtures/events/order_created.json"),
         EventKind::OrderPaid => include_str!("../../tests/fixtures/events/order_paid.json"),
         EventKind::PaymentFailed => include_str!("../../tests/fixtures/events/payment_failed.json"),
-        EventKind::OrderPreparing => include_str!("../../tests/fixtures/events/order_preparing.json"),
-        EventKind::ShipmentCreated => include_str!("../../tests/fixtures/events/shipment_created.json"),
-        EventKind::ShipmentInTransit => include_str!("../../tests/fixtures/events/shipment_in_transit.json"),
-        EventKind::OutForDelivery => include_str!("../../tests/fixtures/events/out_for_delivery.json"),
+        EventKind::OrderPreparing => {
+            include_str!("../../tests/fixtures/events/order_preparing.json")
+        }
+        EventKind::ShipmentCreated => {
+            include_str!("../../tests/fixtures/events/shipment_created.json")
+        }
+        EventKind::ShipmentInTransit => {
+            include_str!("../../tests/fixtures/events/shipment_in_transit.json")
+        }
+        EventKind::OutForDelivery => {
+            include_str!("../../tests/fixtures/events/out_for_delivery.json")
+        }
         EventKind::Delivered => include_str!("../../tests/fixtures/events/delivered.json"),
-        EventKind::DeliveryDelayed => include_str!("../../tests/fixtures/events/delivery_delayed.json"),
-        EventKind::DeliveryAttemptFailed => include_str!("../../tests/fixtures/events/delivery_attempt_failed.json"),
-        EventKind::PartiallyShipped => include_str!("../../tests/fixtures/events/partially_shipped.json"),
+        EventKind::DeliveryDelayed => {
+            include_str!("../../tests/fixtures/events/delivery_delayed.json")
+        }
+        EventKind::DeliveryAttemptFailed => {
+            include_str!("../../tests/fixtures/events/delivery_attempt_failed.json")
+        }
+        EventKind::PartiallyShipped => {
+            include_str!("../../tests/fixtures/events/partially_shipped.json")
+        }
         EventKind::Backordered => include_str!("../../tests/fixtures/events/backordered.json"),
-        EventKind::OrderCancelled => include_str!("../../tests/fixtures/events/order_cancelled.json"),
-        EventKind::ItemsCancelled => include_str!("../../tests/fixtures/events/items_cancelled.json"),
+        EventKind::OrderCancelled => {
+            include_str!("../../tests/fixtures/events/order_cancelled.json")
+        }
+        EventKind::ItemsCancelled => {
+            include_str!("../../tests/fixtures/events/items_cancelled.json")
+        }
         EventKind::RefundCreated => include_str!("../../tests/fixtures/events/refund_created.json"),
-        EventKind::ReturnRequested => include_str!("../../tests/fixtures/events/return_requested.json"),
-        EventKind::ReturnApproved => include_str!("../../tests/fixtures/events/return_approved.json"),
-        EventKind::ReturnReceived => include_str!("../../tests/fixtures/events/return_received.json"),
+        EventKind::ReturnRequested => {
+            include_str!("../../tests/fixtures/events/return_requested.json")
+        }
+        EventKind::ReturnApproved => {
+            include_str!("../../tests/fixtures/events/return_approved.json")
+        }
+        EventKind::ReturnReceived => {
+            include_str!("../../tests/fixtures/events/return_received.json")
+        }
     }
 }
 
@@ -55,7 +79,10 @@ pub fn event(kind: EventKind) -> EventBuilder {
 /// A context for tenant `demo-shop` at 2026-11-23T10:00:00Z, empty config, no history.
 pub fn context() -> ContextBuilder {
     ContextBuilder {
-        context: Context::new("demo-shop", "2026-11-23T10:00:00Z".parse().expect("valid timestamp")),
+        context: Context::new(
+            "demo-shop",
+            "2026-11-23T10:00:00Z".parse().expect("valid timestamp"),
+        ),
     }
 }
 
@@ -112,13 +139,18 @@ impl EventBuilder {
 
     /// Set an event attribute.
     pub fn attribute(mut self, key: &str, value: &str) -> Self {
-        self.event.attributes.insert(key.to_owned(), value.to_owned());
+        self.event
+            .attributes
+            .insert(key.to_owned(), value.to_owned());
         self
     }
 
     /// Set an order attribute.
     pub fn order_attribute(mut self, key: &str, value: &str) -> Self {
-        self.event.order.attributes.insert(key.to_owned(), value.to_owned());
+        self.event
+            .order
+            .attributes
+            .insert(key.to_owned(), value.to_owned());
         self
     }
 
@@ -204,7 +236,8 @@ mod tests {
 
     #[test]
     fn a_wrong_field_is_named_with_its_path() {
-        let text = fixture_json(EventKind::OrderPaid).replace("\"minor\": 13500", "\"minor\": \"lots\"");
+        let text =
+            fixture_json(EventKind::OrderPaid).replace("\"minor\": 13500", "\"minor\": \"lots\"");
         let err = OrderEvent::from_json(&text).expect_err("a string is not an amount");
         assert_eq!(err.path, "order.total.minor");
     }

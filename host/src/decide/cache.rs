@@ -85,10 +85,13 @@ impl ArtifactCache {
     }
 
     fn write_disk(&self, sha256: &str, artifact: &[u8]) {
-        let Some(path) = self.path(sha256) else { return };
+        let Some(path) = self.path(sha256) else {
+            return;
+        };
         // Write then rename, so a crash never leaves a torn artifact behind.
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        if let Err(err) = std::fs::write(&tmp, artifact).and_then(|()| std::fs::rename(&tmp, &path)) {
+        if let Err(err) = std::fs::write(&tmp, artifact).and_then(|()| std::fs::rename(&tmp, &path))
+        {
             tracing::warn!(%sha256, error = %err, "could not persist compiled plugin");
         }
     }

@@ -222,7 +222,11 @@ mod tests {
     fn memory_meter_traps_past_the_limit_and_tracks_the_peak() {
         use wasmtime::ResourceLimiter;
         let mut meter = MemoryMeter::new(1 << 20);
-        assert!(meter.memory_growing(0, 1 << 16, None).expect("under the limit"));
+        assert!(
+            meter
+                .memory_growing(0, 1 << 16, None)
+                .expect("under the limit")
+        );
         let err = meter
             .memory_growing(1 << 16, 2 << 20, None)
             .expect_err("past the limit");

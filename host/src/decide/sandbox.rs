@@ -42,7 +42,9 @@ impl SandboxState {
         let mut wasi = WasiCtxBuilder::new();
         wasi.wall_clock(FixedWallClock(now_ms))
             .secure_random(wasmtime_wasi::Deterministic::new(digest.to_vec()))
-            .insecure_random(wasmtime_wasi::Deterministic::new(digest.iter().rev().copied().collect()))
+            .insecure_random(wasmtime_wasi::Deterministic::new(
+                digest.iter().rev().copied().collect(),
+            ))
             .insecure_random_seed(u128::from_le_bytes(insecure_seed))
             .max_random_size(64 << 10)
             .stdout(LogStream {
@@ -107,9 +109,12 @@ fn deny_blocking(linker: &mut Linker<SandboxState>) -> wasmtime::Result<()> {
     clock.func_wrap("now", |_, (): ()| Ok((0u64,)))?;
     clock.func_wrap("resolution", |_, (): ()| Ok((1u64,)))?;
     for timer in ["subscribe-instant", "subscribe-duration"] {
-        clock.func_wrap(timer, |_, (_when,): (u64,)| -> wasmtime::Result<(Resource<DynPollable>,)> {
-            Err(wasmtime::Error::msg(BLOCKING_DENIED))
-        })?;
+        clock.func_wrap(
+            timer,
+            |_, (_when,): (u64,)| -> wasmtime::Result<(Resource<DynPollable>,)> {
+                Err(wasmtime::Error::msg(BLOCKING_DENIED))
+            },
+        )?;
     }
     linker.allow_shadowing(false);
     Ok(())
@@ -252,7 +257,11 @@ impl LogBuffer {
     }
 
     fn push_stream_line(&mut self, source: Source, line: &str) {
-        let level = if source == Source::Stderr { "warn" } else { "info" };
+        let level = if source == Source::Stderr {
+            "warn"
+        } else {
+            "info"
+        };
         self.push(level, source, line);
     }
 }
@@ -340,7 +349,10 @@ mod tests {
         let log = PluginLog::new(4096);
         log.write(Source::Stdout, b"hello\nwor");
         log.write(Source::Stdout, b"ld\n");
-        log.write(Source::Stderr, b"\nthread 'main' panicked at src/lib.rs:1:1:\nboom\n");
+        log.write(
+            Source::Stderr,
+            b"\nthread 'main' panicked at src/lib.rs:1:1:\nboom\n",
+        );
         let panic = log.panic_message().expect("a panic on stderr");
         assert_eq!(panic, "panicked at src/lib.rs:1:1: boom");
         let (lines, _) = log.finish();

@@ -1,0 +1,6 @@
+//! End-to-end tests: real components under the real runtime, and the CLI as a
+//! process.
+
+mod hostile;
+mod plugins;
+mod runner;

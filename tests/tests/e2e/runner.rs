@@ -1,0 +1,179 @@
+//! `tidings plugin run` and `tidings plugin check` as a user runs them.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use tidings_tests::{fixtures_dir, guests};
+
+fn tidings(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args(args)
+        .output()
+        .expect("the tidings binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn fixture(name: &str) -> String {
+    fixtures_dir().join(name).display().to_string()
+}
+
+fn scratch(name: &str, contents: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tidings-runner-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(name);
+    std::fs::write(&path, contents).expect("write scratch file");
+    path
+}
+
+#[test]
+fn run_prints_the_decision_and_every_limit() {
+    let out = tidings(&[
+        "plugin",
+        "run",
+        guests::STANDARD_LIFECYCLE,
+        "--event",
+        &fixture("shipment_created.json"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let decision: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("stdout is the decision JSON");
+    assert_eq!(decision["actions"][0]["template"], "order-shipped");
+    let stderr = text(&out.stderr);
+    for limit in [
+        "fuel (instructions)",
+        "peak memory",
+        "wall time",
+        "component size",
+        "output size",
+        "actions",
+    ] {
+        assert!(stderr.contains(limit), "missing {limit} in:\n{stderr}");
+    }
+    assert!(stderr.contains("of     10,000,000"), "{stderr}");
+}
+
+#[test]
+fn run_over_a_directory_reports_each_event_as_json() {
+    let dir = fixtures_dir().display().to_string();
+    let out = tidings(&[
+        "plugin",
+        "run",
+        guests::STANDARD_LIFECYCLE,
+        "--event",
+        &dir,
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let reports: Vec<serde_json::Value> = serde_json::Deserializer::from_slice(&out.stdout)
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .expect("one JSON report per event");
+    assert_eq!(reports.len(), 18);
+    for report in &reports {
+        assert!(
+            report["limits"]["fuel"]["used"]
+                .as_u64()
+                .expect("fuel used")
+                > 0
+        );
+        assert_eq!(report["limits"]["fuel"]["limit"], 10_000_000);
+        assert_eq!(report["limits"]["component_bytes"]["limit"], 2 << 20);
+    }
+}
+
+#[test]
+fn a_wrong_event_field_is_named_with_its_path() {
+    let original =
+        std::fs::read_to_string(fixtures_dir().join("order_paid.json")).expect("fixture");
+    let broken = original.replace("\"minor\": 13500", "\"minor\": \"a lot\"");
+    let path = scratch("broken.json", &broken);
+    let out = tidings(&[
+        "plugin",
+        "run",
+        guests::STANDARD_LIFECYCLE,
+        "--event",
+        &path.display().to_string(),
+    ]);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("field `order.total.minor`"), "{stderr}");
+    assert!(stderr.contains("broken.json"), "{stderr}");
+}
+
+#[test]
+fn an_unknown_event_kind_is_named() {
+    let original =
+        std::fs::read_to_string(fixtures_dir().join("order_paid.json")).expect("fixture");
+    let path = scratch(
+        "unknown-kind.json",
+        &original.replace("\"kind\": \"order_paid\"", "\"kind\": \"order_teleported\""),
+    );
+    let out = tidings(&[
+        "plugin",
+        "run",
+        guests::STANDARD_LIFECYCLE,
+        "--event",
+        &path.display().to_string(),
+    ]);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("field `kind`") && stderr.contains("order_teleported"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_limit_hit_is_reported_with_how_much() {
+    let config = scratch("loop.json", r#"{"attack": "busy-fuel"}"#);
+    let out = tidings(&[
+        "plugin",
+        "run",
+        guests::HOSTILE,
+        "--event",
+        &fixture("order_created.json"),
+        "--config",
+        &config.display().to_string(),
+    ]);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("FAULT: out of fuel: used all 10000000 instructions"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("10,000,000 of     10,000,000 (100.0%)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_prints_describe_and_rejects_a_core_module() {
+    let out = tidings(&["plugin", "check", guests::VIP_CONCIERGE]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(report["describe"]["name"], "vip-concierge");
+    assert_eq!(report["contract"], "tidings:notify@0.1.0");
+    assert!(report["describe"]["config_schema"].is_object());
+
+    let core = scratch("core.wasm", "\0asm\u{1}\0\0\0");
+    let out = tidings(&["plugin", "check", &core.display().to_string()]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("core WebAssembly module, not a component"));
+}
+
+#[test]
+fn a_missing_file_says_which() {
+    let out = tidings(&[
+        "plugin",
+        "run",
+        "/nonexistent/plugin.wasm",
+        "--event",
+        &fixture("delivered.json"),
+    ]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("cannot read /nonexistent/plugin.wasm"));
+}
