@@ -687,10 +687,10 @@ fn validate_action(action: &Action) -> Result<(), String> {
             if let Some(locale) = &n.locale {
                 name("locale", locale)?;
             }
-            if let Action::HoldForApproval { reason, .. } = action {
-                if reason.trim().is_empty() {
-                    return Err("hold_for_approval needs a reason".into());
-                }
+            if let Action::HoldForApproval { reason, .. } = action
+                && reason.trim().is_empty()
+            {
+                return Err("hold_for_approval needs a reason".into());
             }
             Ok(())
         }

@@ -1,0 +1,36 @@
+# The two commands of the README: `make run` and `make test`.
+
+EVENTS := tests/fixtures/events
+# The sample events in the order a shop would send them.
+LIFECYCLE := order_created order_paid order_preparing shipment_created \
+	shipment_in_transit delivery_delayed out_for_delivery \
+	delivery_attempt_failed delivered return_requested return_approved \
+	return_received refund_created payment_failed partially_shipped \
+	backordered items_cancelled order_cancelled
+PLUGIN := target/wasm32-wasip2/plugin/standard_lifecycle.wasm
+
+.PHONY: run test lint plugins target
+
+target:
+	rustup target add wasm32-wasip2
+
+## Build the plugins as components (wasm32-wasip2, size-optimised).
+plugins: target
+	cargo build --target wasm32-wasip2 --profile plugin \
+		-p standard-lifecycle -p vip-concierge -p configurable
+
+## Build the plugins and run standard-lifecycle on every sample event.
+run: plugins
+	cargo build -p tidings-host
+	./target/debug/tidings plugin check $(PLUGIN)
+	./target/debug/tidings plugin run $(PLUGIN) \
+		$(foreach e,$(LIFECYCLE),--event $(EVENTS)/$(e).json)
+
+## The whole test suite: SDK, plugins (native), host, end-to-end.
+test: target
+	cargo test --workspace
+
+## Formatting and lints, as CI checks them.
+lint:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
