@@ -8,4 +8,7 @@
 pub mod bindings;
 pub mod cli;
 pub mod decide;
+pub mod policy;
+pub mod render;
 pub mod runner;
+pub mod store;

@@ -1,0 +1,162 @@
+//! Ingested order events: stored before they are acknowledged, then leased
+//! by the pipeline.
+
+use sqlx::FromRow;
+
+use super::{Store, StoreError, new_id, now_ms};
+
+/// A stored event.
+#[derive(Debug, Clone, FromRow)]
+pub struct EventRow {
+    /// Tidings' id for the event.
+    pub id: String,
+    /// Tenant.
+    pub tenant_id: String,
+    /// The sender's event id.
+    pub external_id: String,
+    /// Idempotency key (header, or the sender's event id).
+    pub idempotency_key: String,
+    /// Order id.
+    pub order_id: String,
+    /// Event kind, e.g. `order_created`.
+    pub kind: String,
+    /// When it happened, ms.
+    pub occurred_at: i64,
+    /// When Tidings received it, ms.
+    pub received_at: i64,
+    /// The normalised event JSON.
+    pub body: String,
+    /// `received`, `processed` or `failed`.
+    pub status: String,
+}
+
+/// An event to store.
+#[derive(Debug, Clone)]
+pub struct NewEvent<'a> {
+    /// Tenant.
+    pub tenant_id: &'a str,
+    /// The sender's event id.
+    pub external_id: &'a str,
+    /// Idempotency key.
+    pub idempotency_key: &'a str,
+    /// Order id.
+    pub order_id: &'a str,
+    /// Event kind.
+    pub kind: &'a str,
+    /// When it happened, ms.
+    pub occurred_at: i64,
+    /// Normalised event JSON.
+    pub body: &'a str,
+}
+
+const EVENT_COLUMNS: &str =
+    "id, tenant_id, external_id, idempotency_key, order_id, kind, occurred_at, received_at, body, status";
+
+impl Store {
+    /// Store an event unless one with the same idempotency key exists.
+    /// Returns the stored event and whether it was new.
+    pub async fn insert_event(&self, new: &NewEvent<'_>) -> Result<(EventRow, bool), StoreError> {
+        let id = new_id("evt");
+        let inserted = sqlx::query(
+            "INSERT INTO events (id, tenant_id, external_id, idempotency_key, order_id, kind, occurred_at,
+                                 received_at, body, status)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'received')
+             ON CONFLICT (tenant_id, idempotency_key) DO NOTHING",
+        )
+        .bind(&id)
+        .bind(new.tenant_id)
+        .bind(new.external_id)
+        .bind(new.idempotency_key)
+        .bind(new.order_id)
+        .bind(new.kind)
+        .bind(new.occurred_at)
+        .bind(now_ms())
+        .bind(new.body)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            == 1;
+        let row: EventRow = sqlx::query_as(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = $1 AND idempotency_key = $2"
+        ))
+        .bind(new.tenant_id)
+        .bind(new.idempotency_key)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row, inserted))
+    }
+
+    /// Lease up to `limit` events waiting to be processed (or whose lease
+    /// expired) for `lease_ms`, oldest first.
+    pub async fn lease_events(&self, limit: i64, lease_ms: i64) -> Result<Vec<EventRow>, StoreError> {
+        let now = now_ms();
+        let query = format!(
+            "UPDATE events SET lease_until = $1
+             WHERE id IN (SELECT id FROM events
+                          WHERE status = 'received' AND (lease_until IS NULL OR lease_until < $2)
+                          ORDER BY received_at LIMIT $3 {})
+             RETURNING {EVENT_COLUMNS}",
+            self.skip_locked()
+        );
+        let mut rows: Vec<EventRow> = sqlx::query_as(&query)
+            .bind(now + lease_ms)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.sort_by(|a, b| (a.received_at, &a.id).cmp(&(b.received_at, &b.id)));
+        Ok(rows)
+    }
+
+    /// Mark an event processed (or failed) and release its lease.
+    pub async fn finish_event(&self, id: &str, status: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE events SET status = $1, lease_until = NULL WHERE id = $2")
+            .bind(status)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// One event of a tenant.
+    pub async fn event(&self, tenant_id: &str, id: &str) -> Result<Option<EventRow>, StoreError> {
+        Ok(sqlx::query_as(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = $1 AND id = $2"))
+            .bind(tenant_id)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// A tenant's events, newest first, optionally for one order; `after` is
+    /// the cursor (an event id from the previous page).
+    pub async fn events(
+        &self,
+        tenant_id: &str,
+        order_id: Option<&str>,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<EventRow>, StoreError> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events
+             WHERE tenant_id = $1 AND ($2 = '' OR order_id = $2) AND ($3 = '' OR id < $3)
+             ORDER BY id DESC LIMIT $4"
+        ))
+        .bind(tenant_id)
+        .bind(order_id.unwrap_or(""))
+        .bind(after.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// An order's events in the order they were received (for replay).
+    pub async fn order_events(&self, tenant_id: &str, order_id: &str) -> Result<Vec<EventRow>, StoreError> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = $1 AND order_id = $2 ORDER BY received_at, id"
+        ))
+        .bind(tenant_id)
+        .bind(order_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}

@@ -1,0 +1,521 @@
+//! Decisions, messages (the outbox), delivery attempts, escalations,
+//! suppressions and cancel keys.
+
+use sqlx::FromRow;
+
+use super::{Store, StoreError, new_id, now_ms};
+
+/// A message: one notification on its way, or the record of why it is not.
+#[derive(Debug, Clone, FromRow)]
+pub struct MessageRow {
+    /// Message id (also its idempotency key towards transports).
+    pub id: String,
+    /// Tenant.
+    pub tenant_id: String,
+    /// The event that caused it.
+    pub event_id: String,
+    /// The decision that asked for it.
+    pub decision_id: String,
+    /// Order id.
+    pub order_id: String,
+    /// Customer id.
+    pub customer_id: String,
+    /// Channel chosen by policy.
+    pub channel: String,
+    /// Template name.
+    pub template: String,
+    /// Requested locale.
+    pub locale: Option<String>,
+    /// `transactional` or `marketing`.
+    pub category: String,
+    /// Priority.
+    pub priority: String,
+    /// Dedupe key.
+    pub dedupe_key: Option<String>,
+    /// Cancel key.
+    pub cancel_key: Option<String>,
+    /// Template variables, JSON.
+    pub data: String,
+    /// `scheduled`, `sending`, `sent`, `failed`, `suppressed`, `cancelled`, `held`.
+    pub status: String,
+    /// Why it has this status (policy verdict, failure).
+    pub status_reason: Option<String>,
+    /// When it is due, ms.
+    pub send_at: i64,
+    /// Delivery attempts so far.
+    pub attempts: i64,
+    /// The rendered message, JSON, once rendered.
+    pub rendered: Option<String>,
+    /// Created, ms.
+    pub created_at: i64,
+    /// Last change, ms.
+    pub updated_at: i64,
+}
+
+const MESSAGE_COLUMNS: &str = "id, tenant_id, event_id, decision_id, order_id, customer_id, channel, template, locale,
+    category, priority, dedupe_key, cancel_key, data, status, status_reason, send_at, attempts, rendered,
+    created_at, updated_at";
+
+/// A message to create.
+#[derive(Debug, Clone)]
+pub struct NewMessage<'a> {
+    /// Tenant.
+    pub tenant_id: &'a str,
+    /// Event.
+    pub event_id: &'a str,
+    /// Decision.
+    pub decision_id: &'a str,
+    /// Order.
+    pub order_id: &'a str,
+    /// Customer.
+    pub customer_id: &'a str,
+    /// Channel.
+    pub channel: &'a str,
+    /// Template.
+    pub template: &'a str,
+    /// Locale.
+    pub locale: Option<&'a str>,
+    /// Category.
+    pub category: &'a str,
+    /// Priority.
+    pub priority: &'a str,
+    /// Dedupe key.
+    pub dedupe_key: Option<&'a str>,
+    /// Cancel key.
+    pub cancel_key: Option<&'a str>,
+    /// Template variables, JSON.
+    pub data: &'a str,
+    /// Initial status.
+    pub status: &'a str,
+    /// Why.
+    pub status_reason: Option<&'a str>,
+    /// Due time, ms.
+    pub send_at: i64,
+}
+
+/// Filters for listing messages.
+#[derive(Debug, Clone, Default)]
+pub struct MessageFilter<'a> {
+    /// Only this order.
+    pub order_id: Option<&'a str>,
+    /// Only this status.
+    pub status: Option<&'a str>,
+    /// Only this channel.
+    pub channel: Option<&'a str>,
+    /// Cursor: ids before this one.
+    pub before: Option<&'a str>,
+}
+
+/// A delivery attempt.
+#[derive(Debug, Clone, FromRow, serde::Serialize)]
+pub struct AttemptRow {
+    /// Attempt number, from 1.
+    pub attempt: i64,
+    /// When, ms.
+    #[serde(skip)]
+    pub at: i64,
+    /// `sent` or `failed`.
+    pub outcome: String,
+    /// Transport response or error.
+    pub detail: String,
+}
+
+/// An escalation ticket.
+#[derive(Debug, Clone, FromRow)]
+pub struct EscalationRow {
+    /// Ticket id.
+    pub id: String,
+    /// Tenant.
+    pub tenant_id: String,
+    /// Order.
+    pub order_id: String,
+    /// The event that raised it.
+    pub event_id: String,
+    /// The decision that raised it (none for host-raised tickets).
+    pub decision_id: Option<String>,
+    /// Queue.
+    pub queue: String,
+    /// Priority.
+    pub priority: String,
+    /// Why.
+    pub reason: String,
+    /// SLA in minutes.
+    pub sla_minutes: Option<i64>,
+    /// `open`, `acknowledged`, `resolved`.
+    pub status: String,
+    /// Opened, ms.
+    pub created_at: i64,
+    /// Last change, ms.
+    pub updated_at: i64,
+}
+
+/// A ticket to open.
+#[derive(Debug, Clone)]
+pub struct NewEscalation<'a> {
+    /// Tenant.
+    pub tenant_id: &'a str,
+    /// Order.
+    pub order_id: &'a str,
+    /// Event.
+    pub event_id: &'a str,
+    /// Decision, if a plugin asked.
+    pub decision_id: Option<&'a str>,
+    /// Queue.
+    pub queue: &'a str,
+    /// Priority.
+    pub priority: &'a str,
+    /// Why.
+    pub reason: &'a str,
+    /// SLA in minutes.
+    pub sla_minutes: Option<i64>,
+}
+
+impl Store {
+    /// Record a decision; returns its id.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn insert_decision(
+        &self,
+        tenant_id: &str,
+        event_id: &str,
+        plugin_id: &str,
+        plugin_name: &str,
+        plugin_version: &str,
+        outcome: &str,
+        detail: &str,
+        fuel: i64,
+        duration_us: i64,
+    ) -> Result<String, StoreError> {
+        let id = new_id("dec");
+        sqlx::query(
+            "INSERT INTO decisions (id, tenant_id, event_id, plugin_id, plugin_name, plugin_version, outcome, detail,
+                                    fuel, duration_us, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(&id)
+        .bind(tenant_id)
+        .bind(event_id)
+        .bind(plugin_id)
+        .bind(plugin_name)
+        .bind(plugin_version)
+        .bind(outcome)
+        .bind(detail)
+        .bind(fuel)
+        .bind(duration_us)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(id)
+    }
+
+    /// Create a message; returns its id.
+    pub async fn insert_message(&self, m: &NewMessage<'_>) -> Result<String, StoreError> {
+        let id = new_id("msg");
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO messages (id, tenant_id, event_id, decision_id, order_id, customer_id, channel, template,
+                                   locale, category, priority, dedupe_key, cancel_key, data, status, status_reason,
+                                   send_at, attempts, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, 0, $18, $18)",
+        )
+        .bind(&id)
+        .bind(m.tenant_id)
+        .bind(m.event_id)
+        .bind(m.decision_id)
+        .bind(m.order_id)
+        .bind(m.customer_id)
+        .bind(m.channel)
+        .bind(m.template)
+        .bind(m.locale)
+        .bind(m.category)
+        .bind(m.priority)
+        .bind(m.dedupe_key)
+        .bind(m.cancel_key)
+        .bind(m.data)
+        .bind(m.status)
+        .bind(m.status_reason)
+        .bind(m.send_at)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(id)
+    }
+
+    /// One message of a tenant.
+    pub async fn message(&self, tenant_id: &str, id: &str) -> Result<Option<MessageRow>, StoreError> {
+        Ok(sqlx::query_as(&format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant_id = $1 AND id = $2"))
+            .bind(tenant_id)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// A tenant's messages, newest first.
+    pub async fn messages(&self, tenant_id: &str, f: &MessageFilter<'_>, limit: i64) -> Result<Vec<MessageRow>, StoreError> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages
+             WHERE tenant_id = $1 AND ($2 = '' OR order_id = $2) AND ($3 = '' OR status = $3)
+               AND ($4 = '' OR channel = $4) AND ($5 = '' OR id < $5)
+             ORDER BY id DESC LIMIT $6"
+        ))
+        .bind(tenant_id)
+        .bind(f.order_id.unwrap_or(""))
+        .bind(f.status.unwrap_or(""))
+        .bind(f.channel.unwrap_or(""))
+        .bind(f.before.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Messages already sent or scheduled for an order: the plugin's history.
+    pub async fn order_history(&self, tenant_id: &str, order_id: &str) -> Result<Vec<MessageRow>, StoreError> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages
+             WHERE tenant_id = $1 AND order_id = $2 AND status IN ('scheduled', 'sending', 'sent', 'held')
+             ORDER BY created_at, id"
+        ))
+        .bind(tenant_id)
+        .bind(order_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// When a message with `dedupe_key` was last accepted (not suppressed or cancelled).
+    pub async fn last_dedupe(&self, tenant_id: &str, dedupe_key: &str) -> Result<Option<i64>, StoreError> {
+        let row: Option<(Option<i64>,)> = sqlx::query_as(
+            "SELECT MAX(created_at) FROM messages
+             WHERE tenant_id = $1 AND dedupe_key = $2 AND status NOT IN ('suppressed', 'cancelled')",
+        )
+        .bind(tenant_id)
+        .bind(dedupe_key)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.and_then(|(at,)| at))
+    }
+
+    /// Marketing messages accepted for a customer since `since_ms`.
+    pub async fn marketing_count(&self, tenant_id: &str, customer_id: &str, since_ms: i64) -> Result<i64, StoreError> {
+        let (count,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM messages
+             WHERE tenant_id = $1 AND customer_id = $2 AND category = 'marketing'
+               AND status NOT IN ('suppressed', 'cancelled') AND created_at >= $3",
+        )
+        .bind(tenant_id)
+        .bind(customer_id)
+        .bind(since_ms)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(count)
+    }
+
+    /// Lease due messages for `owner` for `lease_ms`: scheduled ones whose time
+    /// has come, and `sending` ones whose lease expired (a worker died).
+    pub async fn lease_due_messages(&self, owner: &str, limit: i64, lease_ms: i64) -> Result<Vec<MessageRow>, StoreError> {
+        let now = now_ms();
+        let query = format!(
+            "UPDATE messages SET status = 'sending', lease_owner = $1, lease_until = $2, updated_at = $3
+             WHERE id IN (SELECT id FROM messages
+                          WHERE (status = 'scheduled' AND send_at <= $3)
+                             OR (status = 'sending' AND lease_until < $3)
+                          ORDER BY send_at LIMIT $4 {})
+             RETURNING {MESSAGE_COLUMNS}",
+            self.skip_locked()
+        );
+        Ok(sqlx::query_as(&query)
+            .bind(owner)
+            .bind(now + lease_ms)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Settle a leased message: its new status, reason and rendering, and the
+    /// attempt that led there.
+    pub async fn settle_message(
+        &self,
+        m: &MessageRow,
+        status: &str,
+        reason: Option<&str>,
+        rendered: Option<&str>,
+        attempt: Option<(&str, &str)>,
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let attempts = m.attempts + i64::from(attempt.is_some());
+        sqlx::query(
+            "UPDATE messages SET status = $1, status_reason = $2, rendered = COALESCE($3, rendered), attempts = $4,
+                                 lease_owner = NULL, lease_until = NULL, updated_at = $5
+             WHERE id = $6",
+        )
+        .bind(status)
+        .bind(reason)
+        .bind(rendered)
+        .bind(attempts)
+        .bind(now)
+        .bind(&m.id)
+        .execute(&mut *tx)
+        .await?;
+        if let Some((outcome, detail)) = attempt {
+            sqlx::query(
+                "INSERT INTO delivery_attempts (id, tenant_id, message_id, attempt, at, outcome, detail)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(new_id("att"))
+            .bind(&m.tenant_id)
+            .bind(&m.id)
+            .bind(attempts)
+            .bind(now)
+            .bind(outcome)
+            .bind(detail)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A message's delivery attempts, in order.
+    pub async fn attempts(&self, message_id: &str) -> Result<Vec<AttemptRow>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT attempt, at, outcome, detail FROM delivery_attempts WHERE message_id = $1 ORDER BY attempt",
+        )
+        .bind(message_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Record a cancel key (durably: it also cancels messages that arrive
+    /// later) and cancel pending messages carrying it. Returns their ids.
+    pub async fn cancel_key(&self, tenant_id: &str, cancel_key: &str, event_id: &str) -> Result<Vec<String>, StoreError> {
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO cancel_keys (tenant_id, cancel_key, event_id, cancelled_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (tenant_id, cancel_key) DO NOTHING",
+        )
+        .bind(tenant_id)
+        .bind(cancel_key)
+        .bind(event_id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "UPDATE messages SET status = 'cancelled', status_reason = $1, updated_at = $2
+             WHERE tenant_id = $3 AND cancel_key = $4 AND status IN ('scheduled', 'held')
+             RETURNING id",
+        )
+        .bind(format!("cancelled by key {cancel_key}"))
+        .bind(now)
+        .bind(tenant_id)
+        .bind(cancel_key)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// Whether `cancel_key` was cancelled.
+    pub async fn is_cancelled(&self, tenant_id: &str, cancel_key: &str) -> Result<bool, StoreError> {
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT cancel_key FROM cancel_keys WHERE tenant_id = $1 AND cancel_key = $2")
+                .bind(tenant_id)
+                .bind(cancel_key)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.is_some())
+    }
+
+    /// Channels among `candidates` whose address is on the suppression list.
+    pub async fn suppressed(&self, tenant_id: &str, candidates: &[(String, String)]) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        for (channel, address) in candidates {
+            let row: Option<(String,)> = sqlx::query_as(
+                "SELECT channel FROM suppressions WHERE tenant_id = $1 AND channel = $2 AND address = $3",
+            )
+            .bind(tenant_id)
+            .bind(channel)
+            .bind(address)
+            .fetch_optional(&self.pool)
+            .await?;
+            if row.is_some() {
+                out.push(channel.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Put an address on the tenant's suppression list.
+    pub async fn suppress(&self, tenant_id: &str, channel: &str, address: &str, reason: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO suppressions (tenant_id, channel, address, reason, created_at) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (tenant_id, channel, address) DO UPDATE SET reason = excluded.reason",
+        )
+        .bind(tenant_id)
+        .bind(channel)
+        .bind(address)
+        .bind(reason)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Open a ticket, or merge into the open one for the same order and queue
+    /// (raising its priority if the new one is higher). Returns the ticket id
+    /// and whether it is new.
+    pub async fn open_escalation(&self, e: &NewEscalation<'_>) -> Result<(String, bool), StoreError> {
+        let now = now_ms();
+        let open: Option<EscalationRow> = sqlx::query_as(
+            "SELECT * FROM escalations WHERE tenant_id = $1 AND order_id = $2 AND queue = $3
+             AND status IN ('open', 'acknowledged') ORDER BY created_at LIMIT 1",
+        )
+        .bind(e.tenant_id)
+        .bind(e.order_id)
+        .bind(e.queue)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(open) = open {
+            let rank = |p: &str| ["low", "normal", "high", "urgent"].iter().position(|x| *x == p).unwrap_or(1);
+            let priority = if rank(e.priority) > rank(&open.priority) { e.priority } else { open.priority.as_str() };
+            sqlx::query("UPDATE escalations SET priority = $1, reason = $2, updated_at = $3 WHERE id = $4")
+                .bind(priority)
+                .bind(format!("{}\n{}", open.reason, e.reason))
+                .bind(now)
+                .bind(&open.id)
+                .execute(&self.pool)
+                .await?;
+            return Ok((open.id, false));
+        }
+        let id = new_id("esc");
+        sqlx::query(
+            "INSERT INTO escalations (id, tenant_id, order_id, event_id, decision_id, queue, priority, reason,
+                                      sla_minutes, status, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'open', $10, $10)",
+        )
+        .bind(&id)
+        .bind(e.tenant_id)
+        .bind(e.order_id)
+        .bind(e.event_id)
+        .bind(e.decision_id)
+        .bind(e.queue)
+        .bind(e.priority)
+        .bind(e.reason)
+        .bind(e.sla_minutes)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok((id, true))
+    }
+
+    /// A tenant's escalations, newest first, optionally only open ones of an order.
+    pub async fn escalations(&self, tenant_id: &str, order_id: Option<&str>, open_only: bool) -> Result<Vec<EscalationRow>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM escalations WHERE tenant_id = $1 AND ($2 = '' OR order_id = $2)
+             AND ($3 = 0 OR status IN ('open', 'acknowledged')) ORDER BY id DESC LIMIT 500",
+        )
+        .bind(tenant_id)
+        .bind(order_id.unwrap_or(""))
+        .bind(i64::from(open_only))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}
