@@ -2,13 +2,27 @@
 //!
 //! Order events come in; a sandboxed Wasm plugin chosen by the merchant
 //! decides which notifications to send, when, with which template, and
-//! whether a human must step in. This crate is the host: the plugin runtime
-//! ([`decide`]), the local runner ([`runner`]) and the `tidings` CLI ([`cli`]).
+//! whether a human must step in; the host enforces policy, schedules, renders,
+//! dispatches and records everything.
+//!
+//! ```text
+//! ingest ─► decide (Wasm) ─► policy ─► schedule ─► render ─► dispatch
+//! ```
+//!
+//! One module per stage; only [`pipeline`] knows their order.
 
 pub mod bindings;
 pub mod cli;
 pub mod decide;
+pub mod dispatch;
+pub mod http;
+pub mod ingest;
+pub mod metrics;
+pub mod pipeline;
 pub mod policy;
 pub mod render;
 pub mod runner;
+pub mod schedule;
+pub mod serve;
+pub mod settings;
 pub mod store;

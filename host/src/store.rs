@@ -22,7 +22,7 @@ use sqlx::{AnyPool, ConnectOptions, Executor};
 
 pub use audit::{AuditEntry, AuditRow};
 pub use events::{EventRow, NewEvent};
-pub use messages::{AttemptRow, EscalationRow, MessageFilter, MessageRow, NewEscalation, NewMessage};
+pub use messages::{AttemptRow, DecisionRow, EscalationRow, MessageFilter, MessageRow, NewEscalation, NewMessage};
 pub use plugins::{InstallRow, PluginRow};
 pub use tenants::{ApiKeyRow, TemplateRow, TenantRow};
 
@@ -161,15 +161,4 @@ pub fn new_id(prefix: &str) -> String {
 /// Now, in milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
-}
-
-fn to_json<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_string(value).expect("store documents serialise")
-}
-
-fn from_json<T: serde::de::DeserializeOwned>(what: &'static str, text: &str) -> Result<T, StoreError> {
-    serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
-        what,
-        message: e.to_string(),
-    })
 }

@@ -393,6 +393,8 @@ pub struct JsonError {
     pub path: String,
     /// What was wrong.
     pub message: String,
+    /// The text is not JSON at all (as opposed to JSON with a wrong field).
+    pub syntax: bool,
 }
 
 impl std::fmt::Display for JsonError {
@@ -408,6 +410,10 @@ pub fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, JsonEr
     let de = &mut serde_json::Deserializer::from_str(text);
     serde_path_to_error::deserialize(de).map_err(|err| JsonError {
         path: err.path().to_string(),
+        syntax: matches!(
+            err.inner().classify(),
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof
+        ),
         message: err.inner().to_string(),
     })
 }

@@ -83,3 +83,17 @@ impl Store {
         .await?)
     }
 }
+
+impl Store {
+    /// The audit entries about one message, in order.
+    pub async fn message_audit(&self, tenant_id: &str, message_id: &str) -> Result<Vec<AuditRow>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT seq, order_id, event_id, message_id, stage, action, actor, detail, at FROM audit_log
+             WHERE tenant_id = $1 AND message_id = $2 ORDER BY seq",
+        )
+        .bind(tenant_id)
+        .bind(message_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}

@@ -70,21 +70,21 @@ pub struct NewMessage<'a> {
     /// Customer.
     pub customer_id: &'a str,
     /// Channel.
-    pub channel: &'a str,
+    pub channel: String,
     /// Template.
     pub template: &'a str,
     /// Locale.
     pub locale: Option<&'a str>,
     /// Category.
-    pub category: &'a str,
+    pub category: String,
     /// Priority.
-    pub priority: &'a str,
+    pub priority: String,
     /// Dedupe key.
     pub dedupe_key: Option<&'a str>,
     /// Cancel key.
     pub cancel_key: Option<&'a str>,
     /// Template variables, JSON.
-    pub data: &'a str,
+    pub data: String,
     /// Initial status.
     pub status: &'a str,
     /// Why.
@@ -223,14 +223,14 @@ impl Store {
         .bind(m.decision_id)
         .bind(m.order_id)
         .bind(m.customer_id)
-        .bind(m.channel)
+        .bind(&m.channel)
         .bind(m.template)
         .bind(m.locale)
-        .bind(m.category)
-        .bind(m.priority)
+        .bind(&m.category)
+        .bind(&m.priority)
         .bind(m.dedupe_key)
         .bind(m.cancel_key)
-        .bind(m.data)
+        .bind(&m.data)
         .bind(m.status)
         .bind(m.status_reason)
         .bind(m.send_at)
@@ -517,5 +517,60 @@ impl Store {
         .bind(i64::from(open_only))
         .fetch_all(&self.pool)
         .await?)
+    }
+}
+
+/// A recorded decision.
+#[derive(Debug, Clone, FromRow)]
+pub struct DecisionRow {
+    /// Decision id.
+    pub id: String,
+    /// Event.
+    pub event_id: String,
+    /// Plugin id.
+    pub plugin_id: String,
+    /// Plugin name.
+    pub plugin_name: String,
+    /// Plugin version.
+    pub plugin_version: String,
+    /// `actions`, `rule_error` or `fault`.
+    pub outcome: String,
+    /// Actions, error or fault, with the log, JSON.
+    pub detail: String,
+    /// Fuel used.
+    pub fuel: i64,
+    /// Wall time, µs.
+    pub duration_us: i64,
+    /// When, ms.
+    pub created_at: i64,
+}
+
+impl Store {
+    /// The decisions taken on an event, in order.
+    pub async fn decisions_for_event(&self, event_id: &str) -> Result<Vec<DecisionRow>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT id, event_id, plugin_id, plugin_name, plugin_version, outcome, detail, fuel, duration_us, created_at
+             FROM decisions WHERE event_id = $1 ORDER BY created_at, id",
+        )
+        .bind(event_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}
+
+impl Store {
+    /// Put a failed message back in the queue, due now.
+    pub async fn reschedule(&self, id: &str) -> Result<(), StoreError> {
+        let now = now_ms();
+        sqlx::query(
+            "UPDATE messages SET status = 'scheduled', status_reason = 'retry requested', send_at = $1, updated_at = $1,
+                                 lease_owner = NULL, lease_until = NULL
+             WHERE id = $2",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 }

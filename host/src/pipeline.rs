@@ -1,0 +1,519 @@
+//! The pipeline: the only module that knows the order of the stages.
+//!
+//! ```text
+//! ingest ─► decide (Wasm) ─► policy ─► schedule ─► render ─► dispatch
+//! ```
+//!
+//! [`Pipeline::process_event`] takes a stored event through `decide` (every
+//! installed plugin), merges the actions, and applies them: notifications go
+//! through `policy` and become scheduled, deferred or suppressed messages;
+//! escalations become tickets; cancels withdraw pending messages durably.
+//! The message worker in [`crate::schedule`] takes it from there. Every step
+//! is written to the audit log.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use serde_json::json;
+use tidings_sdk::action::{Action, Notify};
+use tidings_sdk::types::{Channel, Context, OpenEscalation, OrderEvent, SentNotification, Timestamp};
+
+use crate::decide::{DecideError, Decision, Plugin, Runtime};
+use crate::metrics::Metrics;
+use crate::policy::{self, Facts, Outcome};
+use crate::settings::{FailureFallback, TenantSettings};
+use crate::store::{AuditEntry, EventRow, NewEscalation, NewMessage, Store, StoreError, TenantRow};
+
+/// The queue the host itself uses when a plugin fails.
+pub const PLUGIN_FAULTS_QUEUE: &str = "plugin-faults";
+
+/// Pipeline failures (not plugin faults, which are recorded outcomes).
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored document could not be read.
+    #[error("corrupt {what}: {message}")]
+    Corrupt {
+        /// What.
+        what: &'static str,
+        /// Why.
+        message: String,
+    },
+    /// A stored plugin no longer loads.
+    #[error("plugin {id} cannot be loaded: {message}")]
+    PluginUnavailable {
+        /// Plugin id.
+        id: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Shared state of the stages; cheap to clone.
+#[derive(Clone)]
+pub struct Pipeline {
+    /// Storage.
+    pub store: Store,
+    /// The plugin runtime.
+    pub runtime: Arc<Runtime>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    plugins: Arc<Mutex<HashMap<String, Plugin>>>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline").finish_non_exhaustive()
+    }
+}
+
+/// The merged outcome of all plugins on one event.
+struct Merged {
+    actions: Vec<(String, Action)>,
+}
+
+impl Pipeline {
+    /// A pipeline over `store` and `runtime`.
+    pub fn new(store: Store, runtime: Arc<Runtime>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            store,
+            runtime,
+            metrics,
+            plugins: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// The loaded plugin with this stored id (compiled once per process).
+    pub async fn plugin(&self, id: &str) -> Result<Plugin, PipelineError> {
+        if let Some(plugin) = self.plugins.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
+            return Ok(plugin.clone());
+        }
+        let unavailable = |message: String| PipelineError::PluginUnavailable { id: id.to_owned(), message };
+        let bytes = self
+            .store
+            .plugin_component(id)
+            .await?
+            .ok_or_else(|| unavailable("not stored".into()))?;
+        let runtime = self.runtime.clone();
+        let plugin = tokio::task::spawn_blocking(move || runtime.load(&bytes))
+            .await
+            .map_err(|e| unavailable(e.to_string()))?
+            .map_err(|e| unavailable(e.to_string()))?;
+        self.plugins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_owned(), plugin.clone());
+        Ok(plugin)
+    }
+
+    /// Remember an already loaded plugin under its stored id.
+    pub fn remember_plugin(&self, id: &str, plugin: Plugin) {
+        self.plugins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_owned(), plugin);
+    }
+
+    /// A tenant and its parsed settings.
+    pub async fn tenant(&self, tenant_id: &str) -> Result<(TenantRow, TenantSettings), PipelineError> {
+        let tenant = self.store.tenant(tenant_id).await?.ok_or_else(|| PipelineError::Corrupt {
+            what: "event",
+            message: format!("unknown tenant {tenant_id}"),
+        })?;
+        let settings = TenantSettings::from_json(&tenant.settings).map_err(|e| PipelineError::Corrupt {
+            what: "tenant settings",
+            message: e.to_string(),
+        })?;
+        Ok((tenant, settings))
+    }
+
+    /// What a plugin is told about an order: notifications so far and open
+    /// escalations, as of `before` (ms; `i64::MAX` for now).
+    pub async fn order_context(
+        &self,
+        tenant_id: &str,
+        order_id: &str,
+        before: i64,
+    ) -> Result<(Vec<SentNotification>, Vec<OpenEscalation>), PipelineError> {
+        let history = self
+            .store
+            .order_history(tenant_id, order_id)
+            .await?
+            .into_iter()
+            .filter(|m| m.created_at < before)
+            .filter_map(|m| {
+                Some(SentNotification {
+                    template: m.template,
+                    channel: parse_enum(&m.channel)?,
+                    at: Timestamp::from_millisecond(m.send_at).ok()?,
+                })
+            })
+            .collect();
+        let open = self
+            .store
+            .escalations(tenant_id, Some(order_id), true)
+            .await?
+            .into_iter()
+            .filter(|e| e.created_at < before)
+            .filter_map(|e| {
+                Some(OpenEscalation {
+                    queue: e.queue,
+                    priority: parse_enum(&e.priority)?,
+                    opened_at: Timestamp::from_millisecond(e.created_at).ok()?,
+                })
+            })
+            .collect();
+        Ok((history, open))
+    }
+
+    /// Take one stored event through decide, policy and scheduling.
+    pub async fn process_event(&self, row: &EventRow) -> Result<(), PipelineError> {
+        let event: OrderEvent = serde_json::from_str(&row.body).map_err(|e| PipelineError::Corrupt {
+            what: "event body",
+            message: e.to_string(),
+        })?;
+        let (tenant, settings) = self.tenant(&row.tenant_id).await?;
+        let now = Timestamp::now();
+        let merged = self.decide_all(row, &event, &tenant, &settings, now).await?;
+        for (decision_id, action) in merged.actions {
+            self.apply(row, &event, &settings, &decision_id, &action, now).await?;
+        }
+        self.store.finish_event(&row.id, "processed").await?;
+        Ok(())
+    }
+
+    async fn decide_all(
+        &self,
+        row: &EventRow,
+        event: &OrderEvent,
+        tenant: &TenantRow,
+        settings: &TenantSettings,
+        now: Timestamp,
+    ) -> Result<Merged, PipelineError> {
+        let (history, open_escalations) = self.order_context(&tenant.id, &event.order.id, i64::MAX).await?;
+        let mut merged = Merged { actions: Vec::new() };
+        let mut seen_dedupe = HashSet::new();
+        for install in self.store.installs(&tenant.id).await? {
+            let plugin = self.plugin(&install.plugin_id).await?;
+            let config = serde_json::from_str(&install.config).unwrap_or(serde_json::Value::Null);
+            let ctx = Context {
+                tenant: tenant.id.clone(),
+                now,
+                config,
+                history: history.clone(),
+                open_escalations: open_escalations.clone(),
+            };
+            let result = self
+                .runtime
+                .decide(&tenant.id, &plugin, event, &ctx, &settings.limits)
+                .await;
+            let decision_id = self.record_decision(row, &install.plugin_id, &result).await?;
+            match result {
+                Ok(Decision { outcome: Ok(actions), .. }) => {
+                    for action in actions {
+                        // Several plugins may ask for the same message: one dedupe key, one message.
+                        if let Some(key) = action.message().and_then(|n| n.dedupe_key.clone())
+                            && !seen_dedupe.insert(key)
+                        {
+                            continue;
+                        }
+                        merged.actions.push((decision_id.clone(), action));
+                    }
+                }
+                Ok(Decision { outcome: Err(rule_error), plugin, .. }) => {
+                    let reason = format!("plugin {plugin} returned rule error {rule_error}");
+                    self.plugin_failed(row, settings, &decision_id, &reason).await?;
+                }
+                Err(err) => {
+                    let reason = err.to_string();
+                    self.plugin_failed(row, settings, &decision_id, &reason).await?;
+                }
+            }
+        }
+        Ok(merged)
+    }
+
+    async fn record_decision(
+        &self,
+        row: &EventRow,
+        plugin_id: &str,
+        result: &Result<Decision, DecideError>,
+    ) -> Result<String, PipelineError> {
+        let (plugin, usage, outcome, detail) = match result {
+            Ok(d) => match &d.outcome {
+                Ok(actions) => (&d.plugin, &d.usage, "actions", json!({ "actions": actions, "log": d.log })),
+                Err(e) => (&d.plugin, &d.usage, "rule_error", json!({ "rule_error": e, "log": d.log })),
+            },
+            Err(e) => (&e.plugin, &e.usage, "fault", json!({ "fault": e.fault, "log": e.log })),
+        };
+        let fuel = i64::try_from(usage.fuel).unwrap_or(i64::MAX);
+        let duration_us = i64::try_from(usage.wall_time_us).unwrap_or(i64::MAX);
+        let id = self
+            .store
+            .insert_decision(
+                &row.tenant_id,
+                &row.id,
+                plugin_id,
+                &plugin.name,
+                &plugin.version,
+                outcome,
+                &detail.to_string(),
+                fuel,
+                duration_us,
+            )
+            .await?;
+        let labels = [("tenant", row.tenant_id.as_str()), ("plugin", plugin.name.as_str())];
+        self.metrics.decision(&labels, usage.wall_time_us as f64 / 1e6, usage.fuel);
+        self.metrics.inc(
+            "tidings_decisions_total",
+            &[("tenant", &row.tenant_id), ("plugin", &plugin.name), ("outcome", outcome)],
+        );
+        if let Err(e) = result {
+            let fault = serde_json::to_value(&e.fault).ok();
+            let kind = fault.as_ref().and_then(|f| f["kind"].as_str()).unwrap_or("unknown").to_owned();
+            self.metrics.inc(
+                "tidings_plugin_faults_total",
+                &[("tenant", &row.tenant_id), ("plugin", &plugin.name), ("fault", &kind)],
+            );
+        }
+        self.audit(row, None, "decide", outcome, &format!("plugin:{plugin}"), {
+            let mut d = detail;
+            d["decision_id"] = json!(id);
+            d["plugin"] = json!(plugin);
+            d["usage"] = json!(usage);
+            d
+        })
+        .await?;
+        Ok(id)
+    }
+
+    async fn plugin_failed(
+        &self,
+        row: &EventRow,
+        settings: &TenantSettings,
+        decision_id: &str,
+        reason: &str,
+    ) -> Result<(), PipelineError> {
+        if settings.on_plugin_failure == FailureFallback::Record {
+            return Ok(());
+        }
+        let (ticket, new) = self
+            .store
+            .open_escalation(&NewEscalation {
+                tenant_id: &row.tenant_id,
+                order_id: &row.order_id,
+                event_id: &row.id,
+                decision_id: Some(decision_id),
+                queue: PLUGIN_FAULTS_QUEUE,
+                priority: "high",
+                reason,
+                sla_minutes: None,
+            })
+            .await?;
+        let detail = json!({ "ticket": ticket, "queue": PLUGIN_FAULTS_QUEUE, "new": new, "reason": reason, "event_id": row.id });
+        self.audit(row, None, "escalation", "opened", "system", detail).await
+    }
+
+    async fn apply(
+        &self,
+        row: &EventRow,
+        event: &OrderEvent,
+        settings: &TenantSettings,
+        decision_id: &str,
+        action: &Action,
+        now: Timestamp,
+    ) -> Result<(), PipelineError> {
+        match action {
+            Action::Notify(notify) => self.schedule_notify(row, event, settings, decision_id, notify, now).await,
+            Action::HoldForApproval { notify, reason } => {
+                let id = self
+                    .store
+                    .insert_message(&new_message(row, event, decision_id, notify, notify.channel, "held", Some(reason), now))
+                    .await?;
+                self.audit(row, Some(&id), "policy", "held", "system", json!({ "reason": reason, "template": notify.template }))
+                    .await
+            }
+            Action::Escalate(e) => {
+                let (ticket, new) = self
+                    .store
+                    .open_escalation(&NewEscalation {
+                        tenant_id: &row.tenant_id,
+                        order_id: &row.order_id,
+                        event_id: &row.id,
+                        decision_id: Some(decision_id),
+                        queue: &e.queue,
+                        priority: &enum_str(&e.priority),
+                        reason: &e.reason,
+                        sla_minutes: e.sla_minutes.map(i64::from),
+                    })
+                    .await?;
+                let action = if new { "opened" } else { "merged" };
+                self.audit(row, None, "escalation", action, "system", json!({ "ticket": ticket, "escalate": e }))
+                    .await
+            }
+            Action::Cancel { cancel_key } => {
+                let cancelled = self.store.cancel_key(&row.tenant_id, cancel_key, &row.id).await?;
+                self.audit(row, None, "policy", "cancel", "system", json!({ "cancel_key": cancel_key, "cancelled": cancelled }))
+                    .await
+            }
+        }
+    }
+
+    async fn schedule_notify(
+        &self,
+        row: &EventRow,
+        event: &OrderEvent,
+        settings: &TenantSettings,
+        decision_id: &str,
+        notify: &Notify,
+        now: Timestamp,
+    ) -> Result<(), PipelineError> {
+        let (verdict, send_at) = self.verdict(&row.tenant_id, event, settings, notify, now).await?;
+        let (channel, status, at, reason, verdict_name) = match &verdict.outcome {
+            Outcome::Send { channel, at } => (*channel, "scheduled", *at, None, "send"),
+            Outcome::Defer { channel, until, reason } => (*channel, "scheduled", *until, Some(reason.to_string()), "defer"),
+            Outcome::Suppress(reason) => (notify.channel, "suppressed", send_at, Some(reason.to_string()), "suppress"),
+        };
+        let mut message = new_message(row, event, decision_id, notify, channel, status, reason.as_deref(), at);
+        message.send_at = at.as_millisecond();
+        let id = self.store.insert_message(&message).await?;
+        let reason_code = match &verdict.outcome {
+            Outcome::Suppress(r) | Outcome::Defer { reason: r, .. } => r.code(),
+            Outcome::Send { .. } => "allowed",
+        };
+        self.metrics.inc(
+            "tidings_policy_verdicts_total",
+            &[("tenant", &row.tenant_id), ("verdict", verdict_name), ("reason", reason_code)],
+        );
+        let detail = json!({
+            "verdict": verdict,
+            "template": notify.template,
+            "requested_channel": notify.channel,
+            "send_at": at,
+        });
+        self.audit(row, Some(&id), "policy", verdict_name, "system", detail).await
+    }
+
+    /// What policy says about `notify` for `event` now, with the facts looked
+    /// up in the store; also the time the plugin asked for.
+    pub async fn verdict(
+        &self,
+        tenant_id: &str,
+        event: &OrderEvent,
+        settings: &TenantSettings,
+        notify: &Notify,
+        now: Timestamp,
+    ) -> Result<(policy::Verdict, Timestamp), PipelineError> {
+        let send_at = crate::schedule::send_at(&notify.timing, now);
+        let customer = &event.order.customer;
+        let mut addresses = Vec::new();
+        if let Some(email) = &customer.email {
+            addresses.push(("email".to_owned(), email.clone()));
+        }
+        if let Some(phone) = &customer.phone {
+            addresses.push(("sms".to_owned(), phone.clone()));
+            addresses.push(("whatsapp".to_owned(), phone.clone()));
+        }
+        let suppressed: Vec<Channel> = self
+            .store
+            .suppressed(tenant_id, &addresses)
+            .await?
+            .iter()
+            .filter_map(|c| parse_enum(c))
+            .collect();
+        let cancelled = match &notify.cancel_key {
+            Some(key) => self.store.is_cancelled(tenant_id, key).await?,
+            None => false,
+        };
+        let last_with_dedupe_key = match &notify.dedupe_key {
+            Some(key) => self
+                .store
+                .last_dedupe(tenant_id, key)
+                .await?
+                .and_then(|ms| Timestamp::from_millisecond(ms).ok()),
+            None => None,
+        };
+        let window_start = settings.policy.marketing_window_start(now).as_millisecond();
+        let marketing = self.store.marketing_count(tenant_id, &customer.id, window_start).await?;
+        let facts = Facts {
+            customer,
+            suppressed: &suppressed,
+            cancelled,
+            last_with_dedupe_key,
+            marketing_sent_in_window: u32::try_from(marketing).unwrap_or(u32::MAX),
+            now,
+        };
+        Ok((policy::check(notify, send_at, &facts, &settings.policy), send_at))
+    }
+
+    /// Append to the audit log for `row`'s order.
+    pub async fn audit(
+        &self,
+        row: &EventRow,
+        message_id: Option<&str>,
+        stage: &str,
+        action: &str,
+        actor: &str,
+        detail: serde_json::Value,
+    ) -> Result<(), PipelineError> {
+        self.store
+            .audit(AuditEntry {
+                tenant_id: &row.tenant_id,
+                order_id: Some(&row.order_id),
+                event_id: Some(&row.id),
+                message_id,
+                stage,
+                action,
+                actor,
+                detail,
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn new_message<'a>(
+    row: &'a EventRow,
+    event: &'a OrderEvent,
+    decision_id: &'a str,
+    notify: &'a Notify,
+    channel: Channel,
+    status: &'a str,
+    reason: Option<&'a str>,
+    at: Timestamp,
+) -> NewMessage<'a> {
+    NewMessage {
+        tenant_id: &row.tenant_id,
+        event_id: &row.id,
+        decision_id,
+        order_id: &row.order_id,
+        customer_id: &event.order.customer.id,
+        channel: enum_str(&channel),
+        template: &notify.template,
+        locale: notify.locale.as_deref(),
+        category: enum_str(&notify.category),
+        priority: enum_str(&notify.priority),
+        dedupe_key: notify.dedupe_key.as_deref(),
+        cancel_key: notify.cancel_key.as_deref(),
+        data: serde_json::to_string(&notify.data).expect("maps serialise"),
+        status,
+        status_reason: reason,
+        send_at: at.as_millisecond(),
+    }
+}
+
+/// The `snake_case` name of a serde enum value (channel, priority, ...).
+pub fn enum_str<T: serde::Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => "unknown".to_owned(),
+    }
+}
+
+/// Parse a `snake_case` enum value stored as text.
+pub fn parse_enum<T: serde::de::DeserializeOwned>(text: &str) -> Option<T> {
+    serde_json::from_value(serde_json::Value::String(text.to_owned())).ok()
+}

@@ -1,0 +1,274 @@
+//! The `schedule` stage: durable jobs, leased by workers.
+//!
+//! Events and messages are rows, not tasks in memory. The event worker
+//! leases received events and runs them through the pipeline; the message
+//! worker leases messages whose `send_at` has come, renders and dispatches
+//! them, and settles them (`sent`, `failed`, `cancelled`). A lease that
+//! expires — the process died mid-way — makes the job available again, so a
+//! restart loses nothing. Delivery is at-least-once: a process killed after
+//! the transport accepted a message but before it was marked sent will send
+//! it again after the lease expires, with the same message id.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tidings_sdk::action::Timing;
+use tidings_sdk::types::{Category, Channel, OrderEvent, Timestamp};
+use tokio::sync::Notify;
+
+use crate::dispatch::{Outbound, Transport};
+use crate::pipeline::{Pipeline, PipelineError, parse_enum};
+use crate::render::{self, TemplateParts, TemplateSet};
+use crate::store::{AuditEntry, MessageRow};
+
+/// How long a worker owns a leased job before others may take it.
+pub const LEASE: Duration = Duration::from_secs(60);
+/// How often idle workers look for due work.
+pub const POLL: Duration = Duration::from_millis(250);
+
+/// When a timing asks for a message, never before `now`.
+pub fn send_at(timing: &Timing, now: Timestamp) -> Timestamp {
+    match timing {
+        Timing::Now => now,
+        Timing::After { seconds } => {
+            let seconds = i64::try_from(*seconds).unwrap_or(i64::MAX);
+            now.checked_add(jiff::SignedDuration::from_secs(seconds)).unwrap_or(Timestamp::MAX)
+        }
+        Timing::At { at } => (*at).max(now),
+    }
+}
+
+/// Wakes the workers early when new work arrives.
+#[derive(Debug, Default)]
+pub struct Wakeups {
+    /// New events were stored.
+    pub events: Notify,
+    /// New messages may be due.
+    pub messages: Notify,
+}
+
+/// Runs the event worker until the process stops.
+pub async fn run_event_worker(pipeline: Pipeline, wake: Arc<Wakeups>) {
+    loop {
+        match process_some_events(&pipeline, &wake).await {
+            Ok(0) => {
+                let _ = tokio::time::timeout(POLL, wake.events.notified()).await;
+            }
+            Ok(_) => {}
+            Err(err) => {
+                tracing::error!(error = %err, "event worker failed; retrying");
+                tokio::time::sleep(POLL).await;
+            }
+        }
+    }
+}
+
+/// Lease and process one batch of events; returns how many. Events of the
+/// same order are processed in order; different orders run concurrently.
+pub async fn process_some_events(pipeline: &Pipeline, wake: &Wakeups) -> Result<usize, PipelineError> {
+    let rows = pipeline
+        .store
+        .lease_events(64, LEASE.as_millis() as i64)
+        .await?;
+    let count = rows.len();
+    let mut by_order: Vec<(String, Vec<_>)> = Vec::new();
+    for row in rows {
+        let key = format!("{}/{}", row.tenant_id, row.order_id);
+        match by_order.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, group)) => group.push(row),
+            None => by_order.push((key, vec![row])),
+        }
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (_, group) in by_order {
+        let pipeline = pipeline.clone();
+        tasks.spawn(async move {
+            for row in group {
+                if let Err(err) = pipeline.process_event(&row).await {
+                    tracing::error!(event = %row.id, error = %err, "event processing failed");
+                    let _ = pipeline.store.finish_event(&row.id, "failed").await;
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    if count > 0 {
+        wake.messages.notify_one();
+    }
+    Ok(count)
+}
+
+/// Runs the message worker until the process stops.
+pub async fn run_message_worker(pipeline: Pipeline, transport: Arc<dyn Transport>, wake: Arc<Wakeups>, owner: String) {
+    loop {
+        match deliver_due(&pipeline, transport.as_ref(), &owner).await {
+            Ok(0) => {
+                let _ = tokio::time::timeout(POLL, wake.messages.notified()).await;
+            }
+            Ok(_) => {}
+            Err(err) => {
+                tracing::error!(error = %err, "message worker failed; retrying");
+                tokio::time::sleep(POLL).await;
+            }
+        }
+    }
+}
+
+/// Lease the due messages and deliver them; returns how many.
+pub async fn deliver_due(pipeline: &Pipeline, transport: &dyn Transport, owner: &str) -> Result<usize, PipelineError> {
+    let leased = pipeline
+        .store
+        .lease_due_messages(owner, 32, LEASE.as_millis() as i64)
+        .await?;
+    let count = leased.len();
+    for message in leased {
+        deliver(pipeline, transport, &message).await?;
+    }
+    Ok(count)
+}
+
+/// Render and dispatch one leased message, and settle it.
+pub async fn deliver(pipeline: &Pipeline, transport: &dyn Transport, m: &MessageRow) -> Result<(), PipelineError> {
+    let store = &pipeline.store;
+    if let Some(key) = &m.cancel_key
+        && store.is_cancelled(&m.tenant_id, key).await?
+    {
+        let reason = format!("cancelled by key {key}");
+        store.settle_message(m, "cancelled", Some(&reason), None, None).await?;
+        return audit(pipeline, m, "schedule", "cancelled", json!({ "cancel_key": key })).await;
+    }
+    let (tenant, settings) = pipeline.tenant(&m.tenant_id).await?;
+    let event_row = store.event(&m.tenant_id, &m.event_id).await?;
+    let event: Option<OrderEvent> = event_row.and_then(|r| serde_json::from_str(&r.body).ok());
+    let Some(event) = event else {
+        return fail(pipeline, m, "the event of this message is missing").await;
+    };
+    let Some(channel) = parse_enum::<Channel>(&m.channel) else {
+        return fail(pipeline, m, &format!("unknown channel {}", m.channel)).await;
+    };
+
+    let mut templates = TemplateSet::new();
+    for t in store.templates_for(&m.tenant_id, &m.template, &m.channel).await? {
+        if let Some(c) = parse_enum::<Channel>(&t.channel) {
+            templates.insert(
+                (t.name, c, t.locale),
+                TemplateParts {
+                    subject: t.subject,
+                    text: t.text,
+                    html: t.html,
+                },
+            );
+        }
+    }
+    let data = serde_json::from_str(&m.data).unwrap_or_default();
+    let shop = settings.shop.info();
+    let request = render::RenderRequest {
+        template: &m.template,
+        channel,
+        locale: m.locale.as_deref(),
+        tenant_default_locale: &tenant.default_locale,
+        event: &event,
+        data: &data,
+        shop: &shop,
+        now: Timestamp::now(),
+        fuel: render::DEFAULT_FUEL,
+    };
+    let rendered = match render::render(&templates, &request) {
+        Ok(rendered) => rendered,
+        Err(err) => return fail(pipeline, m, &format!("render: {err}")).await,
+    };
+    let rendered_json = serde_json::to_string(&rendered).expect("rendered messages serialise");
+    audit(pipeline, m, "render", "rendered", json!({ "template": m.template, "locale": rendered.locale })).await?;
+
+    let customer = &event.order.customer;
+    let to = match channel {
+        Channel::Email => customer.email.as_deref(),
+        Channel::Sms | Channel::Whatsapp => customer.phone.as_deref(),
+        Channel::Push | Channel::Webhook => None,
+    };
+    let (from, reply_to) = (settings.email_from(), settings.email_reply_to());
+    let outbound = Outbound {
+        id: &m.id,
+        tenant_id: &m.tenant_id,
+        channel,
+        to,
+        customer_id: &m.customer_id,
+        from: &from,
+        reply_to: &reply_to,
+        category: parse_enum(&m.category).unwrap_or(Category::Transactional),
+        rendered: &rendered,
+    };
+    match transport.send(&outbound).await {
+        Ok(receipt) => {
+            store
+                .settle_message(m, "sent", None, Some(&rendered_json), Some(("sent", &receipt.transport_id)))
+                .await?;
+            pipeline
+                .metrics
+                .inc("tidings_messages_total", &[("tenant", &m.tenant_id), ("channel", &m.channel), ("status", "sent")]);
+            audit(pipeline, m, "dispatch", "sent", json!({ "transport_id": receipt.transport_id })).await
+        }
+        Err(err) => {
+            let reason = format!("dispatch: {err}");
+            let attempt = Some(("failed", reason.as_str()));
+            // Retries with backoff belong to the delivery work (issue "Delivery");
+            // until then a failed hand-off is final and visible with its reason.
+            let status = "failed";
+            store.settle_message(m, status, Some(&reason), Some(&rendered_json), attempt).await?;
+            pipeline
+                .metrics
+                .inc("tidings_messages_total", &[("tenant", &m.tenant_id), ("channel", &m.channel), ("status", status)]);
+            audit(pipeline, m, "dispatch", "failed", json!({ "error": err.to_string(), "transient": err.is_transient() }))
+                .await
+        }
+    }
+}
+
+async fn fail(pipeline: &Pipeline, m: &MessageRow, reason: &str) -> Result<(), PipelineError> {
+    pipeline.store.settle_message(m, "failed", Some(reason), None, None).await?;
+    pipeline
+        .metrics
+        .inc("tidings_messages_total", &[("tenant", &m.tenant_id), ("channel", &m.channel), ("status", "failed")]);
+    audit(pipeline, m, "render", "failed", json!({ "reason": reason })).await
+}
+
+async fn audit(
+    pipeline: &Pipeline,
+    m: &MessageRow,
+    stage: &str,
+    action: &str,
+    detail: serde_json::Value,
+) -> Result<(), PipelineError> {
+    pipeline
+        .store
+        .audit(AuditEntry {
+            tenant_id: &m.tenant_id,
+            order_id: Some(&m.order_id),
+            event_id: Some(&m.event_id),
+            message_id: Some(&m.id),
+            stage,
+            action,
+            actor: "system",
+            detail,
+        })
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timings_resolve_against_now_and_never_into_the_past() {
+        let now: Timestamp = "2026-11-23T10:00:00Z".parse().expect("valid");
+        assert_eq!(send_at(&Timing::Now, now), now);
+        assert_eq!(
+            send_at(&Timing::After { seconds: 3_600 }, now),
+            "2026-11-23T11:00:00Z".parse::<Timestamp>().expect("valid")
+        );
+        let past: Timestamp = "2026-11-01T00:00:00Z".parse().expect("valid");
+        assert_eq!(send_at(&Timing::At { at: past }, now), now);
+    }
+}

@@ -1,0 +1,139 @@
+//! `tidings serve`: the HTTP API and the workers, wired together.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::decide::{Runtime, RuntimeConfig};
+use crate::dispatch::Transport;
+use crate::dispatch::file::FileTransport;
+use crate::http::{self, AppState};
+use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
+use crate::schedule::{self, Wakeups};
+use crate::store::Store;
+
+/// What this process does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// HTTP API and workers.
+    All,
+    /// Only the HTTP API.
+    Api,
+    /// Only the workers (event processing and delivery).
+    Worker,
+}
+
+/// How to run the service.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// `sqlite://file.db` or `postgres://…`.
+    pub database_url: String,
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// The operator key, if any.
+    pub operator_key: Option<String>,
+    /// Where the file transport writes.
+    pub outbox: PathBuf,
+    /// Where compiled plugins are cached.
+    pub cache_dir: Option<PathBuf>,
+    /// What this process does.
+    pub role: Role,
+}
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The database.
+    #[error("database: {0}")]
+    Store(#[from] crate::store::StoreError),
+    /// The plugin runtime.
+    #[error(transparent)]
+    Runtime(#[from] crate::decide::RuntimeError),
+    /// The listener.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A started service.
+pub struct Running {
+    /// The address the API listens on.
+    pub addr: SocketAddr,
+    /// The shared state (for tests and the demo).
+    pub state: AppState,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running").field("addr", &self.addr).finish_non_exhaustive()
+    }
+}
+
+impl Running {
+    /// Wait until the server task ends (it runs until the process stops).
+    pub async fn wait(mut self) {
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+    }
+
+    /// Stop the server and the workers.
+    pub fn stop(&self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Start the service: connect and migrate, then start the workers and the
+/// API as the role says.
+pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
+    let store = Store::connect(&config.database_url).await?;
+    let runtime = Arc::new(Runtime::new(RuntimeConfig {
+        cache_dir: config.cache_dir.clone(),
+        ..RuntimeConfig::default()
+    })?);
+    let pipeline = Pipeline::new(store, runtime, Arc::new(Metrics::default()));
+    let wake = Arc::new(Wakeups::default());
+    let state = AppState {
+        pipeline: pipeline.clone(),
+        wake: wake.clone(),
+        operator_key_hash: config.operator_key.as_deref().map(|k| Sha256::digest(k.as_bytes()).into()),
+    };
+    let mut tasks = Vec::new();
+    if config.role != Role::Api {
+        let transport: Arc<dyn Transport> = Arc::new(FileTransport::new(&config.outbox));
+        let owner = format!("{}-{}", std::process::id(), crate::store::new_id("w"));
+        tasks.push(tokio::spawn(schedule::run_event_worker(pipeline.clone(), wake.clone())));
+        tasks.push(tokio::spawn(schedule::run_message_worker(pipeline.clone(), transport, wake.clone(), owner)));
+    }
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Listen { addr: config.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Listen { addr: config.listen, source })?;
+    if config.role != Role::Worker {
+        let app = http::router(state.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(err) = axum::serve(listener, app).await {
+                tracing::error!(error = %err, "HTTP server stopped");
+            }
+        }));
+    }
+    Ok(Running { addr, state, tasks })
+}

@@ -1,0 +1,122 @@
+//! A tenant's settings: shop details for templates and email, the policy,
+//! sandbox limits, and what happens when a plugin fails.
+
+use serde::{Deserialize, Serialize};
+
+use crate::decide::Limits;
+use crate::policy::PolicyConfig;
+use crate::render::ShopInfo;
+
+/// Everything a tenant can configure, stored as JSON on the tenant. Every
+/// field has a default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantSettings {
+    /// Shop name, URL and support address, shown in templates.
+    pub shop: Shop,
+    /// Sender identity for email.
+    pub email: EmailSettings,
+    /// Consent, quiet hours, dedupe and frequency caps.
+    pub policy: PolicyConfig,
+    /// Sandbox limits for this tenant's decisions.
+    pub limits: Limits,
+    /// What to do when a plugin faults or returns a rule error.
+    pub on_plugin_failure: FailureFallback,
+}
+
+/// The shop as customers know it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Shop {
+    /// Shop name.
+    pub name: String,
+    /// Home page.
+    pub url: String,
+    /// Customer support address.
+    pub support_email: String,
+}
+
+impl Default for Shop {
+    fn default() -> Self {
+        Self {
+            name: "Our shop".into(),
+            url: "https://shop.example.com".into(),
+            support_email: "support@shop.example.com".into(),
+        }
+    }
+}
+
+impl Shop {
+    /// As templates see it.
+    pub fn info(&self) -> ShopInfo {
+        ShopInfo {
+            name: self.name.clone(),
+            url: self.url.clone(),
+            support_email: self.support_email.clone(),
+        }
+    }
+}
+
+/// Email sender settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmailSettings {
+    /// `From:` address, e.g. `Bottega <orders@bottega.example>`; default:
+    /// the shop name at `no-reply@` the support address's domain.
+    pub from: Option<String>,
+    /// `Reply-To:` address; default: the support address.
+    pub reply_to: Option<String>,
+}
+
+/// The fallback when a plugin fails; never a silent drop.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureFallback {
+    /// Open a ticket in the `plugin-faults` queue with the event attached.
+    #[default]
+    Escalate,
+    /// Only record the failure (audit log, decision, metrics).
+    Record,
+}
+
+impl TenantSettings {
+    /// Parse settings JSON, naming the offending field.
+    pub fn from_json(text: &str) -> Result<Self, tidings_sdk::types::JsonError> {
+        tidings_sdk::types::from_json(text)
+    }
+
+    /// The `From:` address for email.
+    pub fn email_from(&self) -> String {
+        self.email.from.clone().unwrap_or_else(|| {
+            let domain = self
+                .shop
+                .support_email
+                .split_once('@')
+                .map_or("localhost", |(_, d)| d);
+            format!("{} <no-reply@{domain}>", self.shop.name.replace(['<', '>', '"'], ""))
+        })
+    }
+
+    /// The `Reply-To:` address for email.
+    pub fn email_reply_to(&self) -> String {
+        self.email.reply_to.clone().unwrap_or_else(|| self.shop.support_email.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_settings_take_every_default() {
+        let s = TenantSettings::from_json("{}").expect("valid");
+        assert_eq!(s, TenantSettings::default());
+        assert_eq!(s.email_from(), "Our shop <no-reply@shop.example.com>");
+    }
+
+    #[test]
+    fn a_wrong_setting_is_named() {
+        let err = TenantSettings::from_json(r#"{"limits": {"fuel": "lots"}}"#).expect_err("invalid");
+        assert_eq!(err.path, "limits.fuel");
+    }
+}
