@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use tidings_sdk::types::Timestamp;
 
 use crate::decide::{Limits, Runtime, RuntimeConfig};
+use crate::serve::{Role, ServeConfig};
 use crate::runner::{self, Report, RunnerError};
 
 /// Tidings: a WebAssembly plugin host for e-commerce notification rules.
@@ -19,9 +20,75 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the service: the HTTP API (/v1) and the workers.
+    Serve(ServeArgs),
+    /// Start the service and drive a demo shop through its HTTP API, then
+    /// keep serving.
+    Demo(DemoArgs),
     /// Develop and inspect rule plugins locally, under the production limits.
     #[command(subcommand)]
     Plugin(PluginCommand),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    service: ServiceArgs,
+    /// What this process runs: the API and the workers, or only one of them
+    /// (several processes can share one PostgreSQL database).
+    #[arg(long, env = "TIDINGS_ROLE", value_enum, default_value = "all")]
+    role: Role,
+}
+
+#[derive(Debug, Args)]
+struct ServiceArgs {
+    /// Database: `sqlite://tidings.db` (embedded, created if missing) or
+    /// `postgres://user@host:5432/db`.
+    #[arg(long, env = "TIDINGS_DATABASE_URL", default_value = "sqlite://tidings.db")]
+    database_url: String,
+    /// Address for the HTTP API.
+    #[arg(long, env = "TIDINGS_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
+    /// The operator key (creates tenants and their keys). Keep it secret.
+    #[arg(long, env = "TIDINGS_OPERATOR_KEY", hide_env_values = true)]
+    operator_key: Option<String>,
+    /// Where the file transport writes messages (one .eml per email).
+    #[arg(long, env = "TIDINGS_OUTBOX", default_value = "outbox")]
+    outbox: PathBuf,
+    /// Where compiled plugins are cached.
+    #[arg(long, env = "TIDINGS_CACHE_DIR", default_value = ".tidings-cache")]
+    cache_dir: PathBuf,
+    /// Log filter, e.g. `info` or `tidings_host=debug`.
+    #[arg(long, env = "TIDINGS_LOG", default_value = "info")]
+    log: String,
+}
+
+impl ServiceArgs {
+    fn config(&self, role: Role) -> ServeConfig {
+        ServeConfig {
+            database_url: self.database_url.clone(),
+            listen: self.listen,
+            operator_key: self.operator_key.clone(),
+            outbox: self.outbox.clone(),
+            cache_dir: Some(self.cache_dir.clone()),
+            role,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    #[command(flatten)]
+    service: ServiceArgs,
+    /// The standard-lifecycle component.
+    #[arg(long, default_value = "target/wasm32-wasip2/plugin/standard_lifecycle.wasm")]
+    plugin: PathBuf,
+    /// Its default templates.
+    #[arg(long, default_value = "plugins/standard-lifecycle/templates")]
+    templates: PathBuf,
+    /// Stop after the demo instead of serving on.
+    #[arg(long)]
+    exit: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -77,6 +144,8 @@ struct CheckArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve(args) => return serve(args),
+        Command::Demo(args) => return demo(args),
         Command::Plugin(PluginCommand::Run(args)) => run(args),
         Command::Plugin(PluginCommand::Check(args)) => check(args),
     };
@@ -86,6 +155,104 @@ pub fn main() -> ExitCode {
             eprintln!("error: {err}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn tokio_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the async runtime starts")
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    init_logging(&args.service.log);
+    let config = args.service.config(args.role);
+    tokio_runtime().block_on(async move {
+        match crate::serve::start(config.clone()).await {
+            Ok(running) => {
+                tracing::info!(
+                    addr = %running.addr,
+                    database = %redact(&config.database_url),
+                    outbox = %config.outbox.display(),
+                    role = ?config.role,
+                    "tidings is serving"
+                );
+                if config.operator_key.is_none() {
+                    tracing::warn!("no operator key: set TIDINGS_OPERATOR_KEY to create tenants");
+                }
+                tokio::select! {
+                    () = running.wait() => {}
+                    _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
+                }
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("error: {err}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn demo(args: DemoArgs) -> ExitCode {
+    init_logging(&format!("warn,{}", args.service.log.replace("info", "warn")));
+    let operator_key = args.service.operator_key.clone().unwrap_or_else(crate::http::new_key);
+    let mut config = args.service.config(Role::All);
+    config.operator_key = Some(operator_key.clone());
+    tokio_runtime().block_on(async move {
+        let running = match crate::serve::start(config.clone()).await {
+            Ok(running) => running,
+            Err(err) => {
+                eprintln!("error: {err}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let demo = crate::demo::Demo {
+            base: format!("http://{}", running.addr),
+            operator_key,
+            plugin: args.plugin.clone(),
+            templates: args.templates.clone(),
+            outbox: config.outbox.clone(),
+        };
+        let result = tokio::task::spawn_blocking(move || demo.run()).await;
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                eprintln!("error: the demo failed: {err}");
+                return ExitCode::FAILURE;
+            }
+            Err(err) => {
+                eprintln!("error: the demo failed: {err}");
+                return ExitCode::FAILURE;
+            }
+        }
+        if args.exit {
+            return ExitCode::SUCCESS;
+        }
+        println!("\nStill serving on http://{} — press Ctrl-C to stop.", running.addr);
+        tokio::select! {
+            () = running.wait() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        ExitCode::SUCCESS
+    })
+}
+
+/// A database URL without its password.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
     }
 }
 

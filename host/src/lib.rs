@@ -14,6 +14,7 @@
 pub mod bindings;
 pub mod cli;
 pub mod decide;
+pub mod demo;
 pub mod dispatch;
 pub mod http;
 pub mod ingest;
