@@ -9,6 +9,8 @@ use tidings_host::decide::{
 };
 use tidings_sdk::types::{Context, EventKind, OrderEvent};
 
+pub mod service;
+
 /// Paths of the guest components.
 pub mod guests {
     include!(concat!(env!("OUT_DIR"), "/guests.rs"));

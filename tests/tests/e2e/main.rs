@@ -4,3 +4,4 @@
 mod hostile;
 mod plugins;
 mod runner;
+mod service;
