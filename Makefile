@@ -9,7 +9,7 @@ LIFECYCLE := order_created order_paid order_preparing shipment_created \
 	backordered items_cancelled order_cancelled
 PLUGIN := target/wasm32-wasip2/plugin/standard_lifecycle.wasm
 
-.PHONY: run test lint plugins target
+.PHONY: run test lint plugins target postgres check-plugin
 
 target:
 	rustup target add wasm32-wasip2
@@ -19,15 +19,27 @@ plugins: target
 	cargo build --target wasm32-wasip2 --profile plugin \
 		-p standard-lifecycle -p vip-concierge -p configurable
 
-## Build the plugins and run standard-lifecycle on every sample event.
+## Start the service (SQLite, 127.0.0.1:8080, emails in ./outbox) and drive
+## a demo shop through its API; it keeps serving until Ctrl-C.
 run: plugins
+	cargo build -p tidings-host
+	./target/debug/tidings demo
+
+## Run standard-lifecycle on every sample event with the local runner.
+check-plugin: plugins
 	cargo build -p tidings-host
 	./target/debug/tidings plugin check $(PLUGIN)
 	./target/debug/tidings plugin run $(PLUGIN) \
 		$(foreach e,$(LIFECYCLE),--event $(EVENTS)/$(e).json)
 
+## The tests talk to PostgreSQL on 127.0.0.1:5432; start the local cluster if it is down.
+postgres:
+	@pg_isready -q -h 127.0.0.1 -p 5432 || \
+		pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start || \
+		echo "warning: PostgreSQL is not running on 127.0.0.1:5432; the PostgreSQL tests will fail"
+
 ## The whole test suite: SDK, plugins (native), host, end-to-end.
-test: target
+test: target postgres
 	cargo test --workspace
 
 ## Formatting and lints, as CI checks them.

@@ -7,8 +7,8 @@ use clap::{Args, Parser, Subcommand};
 use tidings_sdk::types::Timestamp;
 
 use crate::decide::{Limits, Runtime, RuntimeConfig};
-use crate::serve::{Role, ServeConfig};
 use crate::runner::{self, Report, RunnerError};
+use crate::serve::{Role, ServeConfig};
 
 /// Tidings: a WebAssembly plugin host for e-commerce notification rules.
 #[derive(Debug, Parser)]
@@ -44,7 +44,11 @@ struct ServeArgs {
 struct ServiceArgs {
     /// Database: `sqlite://tidings.db` (embedded, created if missing) or
     /// `postgres://user@host:5432/db`.
-    #[arg(long, env = "TIDINGS_DATABASE_URL", default_value = "sqlite://tidings.db")]
+    #[arg(
+        long,
+        env = "TIDINGS_DATABASE_URL",
+        default_value = "sqlite://tidings.db"
+    )]
     database_url: String,
     /// Address for the HTTP API.
     #[arg(long, env = "TIDINGS_LISTEN", default_value = "127.0.0.1:8080")]
@@ -81,7 +85,10 @@ struct DemoArgs {
     #[command(flatten)]
     service: ServiceArgs,
     /// The standard-lifecycle component.
-    #[arg(long, default_value = "target/wasm32-wasip2/plugin/standard_lifecycle.wasm")]
+    #[arg(
+        long,
+        default_value = "target/wasm32-wasip2/plugin/standard_lifecycle.wasm"
+    )]
     plugin: PathBuf,
     /// Its default templates.
     #[arg(long, default_value = "plugins/standard-lifecycle/templates")]
@@ -159,8 +166,12 @@ pub fn main() -> ExitCode {
 }
 
 fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn tokio_runtime() -> tokio::runtime::Runtime {
@@ -201,8 +212,15 @@ fn serve(args: ServeArgs) -> ExitCode {
 }
 
 fn demo(args: DemoArgs) -> ExitCode {
-    init_logging(&format!("warn,{}", args.service.log.replace("info", "warn")));
-    let operator_key = args.service.operator_key.clone().unwrap_or_else(crate::http::new_key);
+    init_logging(&format!(
+        "warn,{}",
+        args.service.log.replace("info", "warn")
+    ));
+    let operator_key = args
+        .service
+        .operator_key
+        .clone()
+        .unwrap_or_else(crate::http::new_key);
     let mut config = args.service.config(Role::All);
     config.operator_key = Some(operator_key.clone());
     tokio_runtime().block_on(async move {
@@ -235,7 +253,10 @@ fn demo(args: DemoArgs) -> ExitCode {
         if args.exit {
             return ExitCode::SUCCESS;
         }
-        println!("\nStill serving on http://{} — press Ctrl-C to stop.", running.addr);
+        println!(
+            "\nStill serving on http://{} — press Ctrl-C to stop.",
+            running.addr
+        );
         tokio::select! {
             () = running.wait() => {}
             _ = tokio::signal::ctrl_c() => {}

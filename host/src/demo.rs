@@ -101,11 +101,19 @@ impl Api {
 /// `{# subject #}`, `{# text #}`, `{# html #}` parts.
 fn template_files(dir: &Path) -> DemoResult<Vec<(String, String, String, Value)>> {
     let mut out = Vec::new();
-    let locales = std::fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
-    let mut locales: Vec<PathBuf> = locales.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect();
+    let locales =
+        std::fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+    let mut locales: Vec<PathBuf> = locales
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
     locales.sort();
     for locale_dir in locales {
-        let locale = locale_dir.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        let locale = locale_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
         let mut files: Vec<PathBuf> = std::fs::read_dir(&locale_dir)
             .map_err(|e| format!("cannot read {}: {e}", locale_dir.display()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -113,18 +121,35 @@ fn template_files(dir: &Path) -> DemoResult<Vec<(String, String, String, Value)>
             .collect();
         files.sort();
         for file in files {
-            let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
-            let Some((name, channel)) = stem.rsplit_once('.') else { continue };
-            let source = std::fs::read_to_string(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-            let parts = crate::render::parse_parts(&source).map_err(|e| format!("{}: {e}", file.display()))?;
-            out.push((name.to_owned(), channel.to_owned(), locale.clone(), json!(parts)));
+            let stem = file
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default();
+            let Some((name, channel)) = stem.rsplit_once('.') else {
+                continue;
+            };
+            let source = std::fs::read_to_string(&file)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let parts = crate::render::parse_parts(&source)
+                .map_err(|e| format!("{}: {e}", file.display()))?;
+            out.push((
+                name.to_owned(),
+                channel.to_owned(),
+                locale.clone(),
+                json!(parts),
+            ));
         }
     }
     Ok(out)
 }
 
 /// One demo customer's lifecycle, built from the sample events.
-fn lifecycle(order_id: &str, number: &str, customer: impl Fn(&mut OrderEvent), start: Timestamp) -> Vec<OrderEvent> {
+fn lifecycle(
+    order_id: &str,
+    number: &str,
+    customer: impl Fn(&mut OrderEvent),
+    start: Timestamp,
+) -> Vec<OrderEvent> {
     let kinds = [
         EventKind::OrderCreated,
         EventKind::OrderPaid,
@@ -171,16 +196,25 @@ impl Demo {
             }),
         )?;
         let tenant_id = tenant["id"].as_str().unwrap_or_default().to_owned();
-        let key = operator.post(&format!("/v1/tenants/{tenant_id}/keys"), &json!({ "scope": "merchant" }))?;
+        let key = operator.post(
+            &format!("/v1/tenants/{tenant_id}/keys"),
+            &json!({ "scope": "merchant" }),
+        )?;
         let merchant = Api::new(&self.base, key["key"].as_str().unwrap_or_default());
         println!("1. created tenant {tenant_id} (Bottega Demo) and a merchant key");
 
         let bytes = std::fs::read(&self.plugin).map_err(|e| {
-            format!("cannot read {}: {e} (build it with `make plugins`)", self.plugin.display())
+            format!(
+                "cannot read {}: {e} (build it with `make plugins`)",
+                self.plugin.display()
+            )
         })?;
         let plugin = merchant.upload("/v1/plugins", &bytes)?;
         let plugin_id = plugin["id"].as_str().unwrap_or_default().to_owned();
-        merchant.post(&format!("/v1/plugins/{plugin_id}/install"), &json!({ "config": { "vip_threshold_minor": 20000 } }))?;
+        merchant.post(
+            &format!("/v1/plugins/{plugin_id}/install"),
+            &json!({ "config": { "vip_threshold_minor": 20000 } }),
+        )?;
         println!(
             "2. uploaded and installed {}@{} ({} bytes)",
             plugin["name"].as_str().unwrap_or("?"),
@@ -192,38 +226,55 @@ impl Demo {
         for (name, channel, locale, parts) in &templates {
             merchant.put(&format!("/v1/templates/{name}/{channel}/{locale}"), parts)?;
         }
-        println!("3. uploaded {} templates from {}", templates.len(), self.templates.display());
+        println!(
+            "3. uploaded {} templates from {}",
+            templates.len(),
+            self.templates.display()
+        );
 
         let now = Timestamp::now();
-        let mut events = lifecycle("demo-1001", "#1001", |e| {
-            let c = &mut e.order.customer;
-            c.id = "cus_giulia".into();
-            c.first_name = Some("Giulia".into());
-            c.email = Some("giulia.rossi@example.com".into());
-            c.phone = Some("+393471234567".into());
-            c.locale = "it-IT".into();
-            c.timezone = "Europe/Rome".into();
-            c.consents = vec![Channel::Email, Channel::Sms];
-        }, now);
-        events.extend(lifecycle("demo-1002", "#1002", |e| {
-            let c = &mut e.order.customer;
-            c.id = "cus_tomas".into();
-            c.first_name = Some("Tomáš".into());
-            c.email = Some("tomas.novak@example.cz".into());
-            c.phone = Some("+420601234567".into());
-            c.locale = "cs-CZ".into();
-            c.timezone = "Europe/Prague".into();
-            c.tags = vec!["vip".into()];
-            c.consents = vec![Channel::Email, Channel::Sms];
-            e.order.total.minor = 45_900;
-            e.order.total.currency = "CZK".into();
-            for item in &mut e.order.items {
-                item.unit_price.currency = "CZK".into();
-                item.unit_price.minor *= 3;
-            }
-        }, now));
+        let mut events = lifecycle(
+            "demo-1001",
+            "#1001",
+            |e| {
+                let c = &mut e.order.customer;
+                c.id = "cus_giulia".into();
+                c.first_name = Some("Giulia".into());
+                c.email = Some("giulia.rossi@example.com".into());
+                c.phone = Some("+393471234567".into());
+                c.locale = "it-IT".into();
+                c.timezone = "Europe/Rome".into();
+                c.consents = vec![Channel::Email, Channel::Sms];
+            },
+            now,
+        );
+        events.extend(lifecycle(
+            "demo-1002",
+            "#1002",
+            |e| {
+                let c = &mut e.order.customer;
+                c.id = "cus_tomas".into();
+                c.first_name = Some("Tomáš".into());
+                c.email = Some("tomas.novak@example.cz".into());
+                c.phone = Some("+420601234567".into());
+                c.locale = "cs-CZ".into();
+                c.timezone = "Europe/Prague".into();
+                c.tags = vec!["vip".into()];
+                c.consents = vec![Channel::Email, Channel::Sms];
+                e.order.total.minor = 45_900;
+                e.order.total.currency = "CZK".into();
+                for item in &mut e.order.items {
+                    item.unit_price.currency = "CZK".into();
+                    item.unit_price.minor *= 3;
+                }
+            },
+            now,
+        ));
         for event in &events {
-            merchant.post("/v1/events", &serde_json::to_value(event).map_err(|e| e.to_string())?)?;
+            merchant.post(
+                "/v1/events",
+                &serde_json::to_value(event).map_err(|e| e.to_string())?,
+            )?;
         }
         println!(
             "4. posted {} events: created → paid → shipped → delayed → out for delivery → delivered, \
@@ -250,9 +301,9 @@ impl Demo {
         let started = Instant::now();
         loop {
             let events = api.get("/v1/events?limit=500")?;
-            let pending = events["items"]
-                .as_array()
-                .map_or(0, |items| items.iter().filter(|e| e["status"] == "received").count());
+            let pending = events["items"].as_array().map_or(0, |items| {
+                items.iter().filter(|e| e["status"] == "received").count()
+            });
             let messages = api.get("/v1/messages?limit=500")?;
             let due_now = messages["items"].as_array().map_or(0, |items| {
                 items
@@ -260,7 +311,9 @@ impl Demo {
                     .filter(|m| {
                         matches!(m["status"].as_str(), Some("sending"))
                             || (m["status"] == "scheduled"
-                                && m["send_at"].as_str().and_then(|t| t.parse::<Timestamp>().ok())
+                                && m["send_at"]
+                                    .as_str()
+                                    .and_then(|t| t.parse::<Timestamp>().ok())
                                     .is_some_and(|t| t <= Timestamp::now()))
                     })
                     .count()
@@ -269,7 +322,9 @@ impl Demo {
                 return Ok(());
             }
             if started.elapsed() > Duration::from_secs(60) {
-                return Err(format!("still {pending} events and {due_now} messages in flight after 60 s"));
+                return Err(format!(
+                    "still {pending} events and {due_now} messages in flight after 60 s"
+                ));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -298,7 +353,10 @@ impl Demo {
         let mut messages = messages["items"].as_array().cloned().unwrap_or_default();
         messages.reverse();
         for m in &messages {
-            let reason = m["status_reason"].as_str().map(|r| format!(" — {r}")).unwrap_or_default();
+            let reason = m["status_reason"]
+                .as_str()
+                .map(|r| format!(" — {r}"))
+                .unwrap_or_default();
             println!(
                 "  message {:<24} {:<9} {:<10} at {}{reason}",
                 m["template"].as_str().unwrap_or("?"),

@@ -58,18 +58,28 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn healthz(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
-    match sqlx::query("SELECT 1").execute(state.pipeline.store.pool()).await {
+    match sqlx::query("SELECT 1")
+        .execute(state.pipeline.store.pool())
+        .await
+    {
         Ok(_) => Json(json!({ "status": "ok" })).into_response(),
         Err(err) => {
             tracing::error!(error = %err, "health check failed");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "unavailable" }))).into_response()
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "status": "unavailable" })),
+            )
+                .into_response()
         }
     }
 }
 
 async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
         state.pipeline.metrics.render(),
     )
         .into_response()
@@ -103,7 +113,11 @@ impl ApiError {
 
     /// 404.
     pub fn not_found(what: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
     }
 
     /// 403.
@@ -130,7 +144,11 @@ impl ApiError {
     /// 500, logging the cause once.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
     }
 }
 
@@ -147,7 +165,11 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
-            StoreError::Conflict(what) => Self::new(StatusCode::CONFLICT, "conflict", format!("{what} already exists")),
+            StoreError::Conflict(what) => Self::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!("{what} already exists"),
+            ),
             other => Self::internal(other),
         }
     }
@@ -162,7 +184,9 @@ impl From<PipelineError> for ApiError {
 impl From<IngestError> for ApiError {
     fn from(err: IngestError) -> Self {
         match err {
-            IngestError::Malformed(message) => Self::bad_request(format!("malformed JSON: {message}")),
+            IngestError::Malformed(message) => {
+                Self::bad_request(format!("malformed JSON: {message}"))
+            }
             IngestError::Invalid { field, message } => Self::invalid(field, message),
             IngestError::Store(e) => e.into(),
         }
@@ -202,7 +226,8 @@ pub fn rfc3339(ms: i64) -> String {
 /// Parse a JSON body, naming the offending field (422) or calling it
 /// malformed (400).
 pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    let text = std::str::from_utf8(body).map_err(|_| ApiError::bad_request("the body is not UTF-8"))?;
+    let text =
+        std::str::from_utf8(body).map_err(|_| ApiError::bad_request("the body is not UTF-8"))?;
     tidings_sdk::types::from_json(text).map_err(|e| {
         if e.syntax {
             ApiError::bad_request(format!("malformed JSON: {}", e.message))

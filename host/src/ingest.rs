@@ -5,6 +5,10 @@
 //! event and whether it is new (a retry returns the original). Fails with an
 //! [`IngestError`]: malformed JSON, or an invalid field named by its path.
 
+pub mod platform;
+pub mod shopify;
+pub mod woocommerce;
+
 use tidings_sdk::types::{JsonError, OrderEvent};
 
 use crate::store::{EventRow, NewEvent, Store, StoreError};
@@ -70,20 +74,32 @@ pub fn validate(event: &OrderEvent) -> Result<(), IngestError> {
     non_empty("order.customer.id", &event.order.customer.id)?;
     currency("order.total.currency", &event.order.total.currency)?;
     for (i, item) in event.order.items.iter().enumerate() {
-        currency(&format!("order.items[{i}].unit_price.currency"), &item.unit_price.currency)?;
+        currency(
+            &format!("order.items[{i}].unit_price.currency"),
+            &item.unit_price.currency,
+        )?;
     }
     let customer = &event.order.customer;
     if jiff::tz::TimeZone::get(&customer.timezone).is_err() {
         return Err(invalid(
             "order.customer.timezone",
-            format!("`{}` is not an IANA timezone (e.g. Europe/Rome)", customer.timezone),
+            format!(
+                "`{}` is not an IANA timezone (e.g. Europe/Rome)",
+                customer.timezone
+            ),
         ));
     }
     let locale_ok = !customer.locale.is_empty()
         && customer.locale.len() <= 35
-        && customer.locale.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        && customer
+            .locale
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if !locale_ok {
-        return Err(invalid("order.customer.locale", format!("`{}` is not a locale (e.g. it-IT)", customer.locale)));
+        return Err(invalid(
+            "order.customer.locale",
+            format!("`{}` is not a locale (e.g. it-IT)", customer.locale),
+        ));
     }
     if let Some(email) = &customer.email
         && !email.is_empty()
@@ -93,9 +109,14 @@ pub fn validate(event: &OrderEvent) -> Result<(), IngestError> {
     }
     if let Some(phone) = &customer.phone
         && !phone.is_empty()
-        && !(phone.starts_with('+') && phone.len() > 6 && phone[1..].chars().all(|c| c.is_ascii_digit()))
+        && !(phone.starts_with('+')
+            && phone.len() > 6
+            && phone[1..].chars().all(|c| c.is_ascii_digit()))
     {
-        return Err(invalid("order.customer.phone", "must be in E.164 form, e.g. +393471234567"));
+        return Err(invalid(
+            "order.customer.phone",
+            "must be in E.164 form, e.g. +393471234567",
+        ));
     }
     Ok(())
 }
@@ -104,7 +125,10 @@ fn currency(field: &str, code: &str) -> Result<(), IngestError> {
     if code.len() == 3 && code.chars().all(|c| c.is_ascii_uppercase()) {
         Ok(())
     } else {
-        Err(invalid(field, format!("`{code}` is not an ISO 4217 code (e.g. EUR)")))
+        Err(invalid(
+            field,
+            format!("`{code}` is not an ISO 4217 code (e.g. EUR)"),
+        ))
     }
 }
 
@@ -153,10 +177,22 @@ mod tests {
     #[test]
     fn invalid_fields_are_named() {
         let sample = fixture_json(EventKind::OrderCreated);
-        assert_eq!(field_of(&sample.replace("Europe/Rome", "Mars/Olympus")), "order.customer.timezone");
-        assert_eq!(field_of(&sample.replacen("\"EUR\"", "\"euro\"", 1)), "order.total.currency");
-        assert_eq!(field_of(&sample.replace("+393471234567", "0347 123")), "order.customer.phone");
-        assert_eq!(field_of(&sample.replace("\"ord_1042\"", "\"\"")), "order.id");
+        assert_eq!(
+            field_of(&sample.replace("Europe/Rome", "Mars/Olympus")),
+            "order.customer.timezone"
+        );
+        assert_eq!(
+            field_of(&sample.replacen("\"EUR\"", "\"euro\"", 1)),
+            "order.total.currency"
+        );
+        assert_eq!(
+            field_of(&sample.replace("+393471234567", "0347 123")),
+            "order.customer.phone"
+        );
+        assert_eq!(
+            field_of(&sample.replace("\"ord_1042\"", "\"\"")),
+            "order.id"
+        );
     }
 
     #[test]

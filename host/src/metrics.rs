@@ -33,29 +33,73 @@ impl std::fmt::Debug for Metrics {
 }
 
 const HELP: &[(&str, &str, &str)] = &[
-    ("tidings_events_total", "counter", "Order events accepted, by tenant and kind."),
-    ("tidings_decisions_total", "counter", "Plugin decisions, by tenant, plugin and outcome."),
-    ("tidings_plugin_faults_total", "counter", "Plugin faults, by tenant, plugin and fault."),
-    ("tidings_policy_verdicts_total", "counter", "Policy verdicts on messages, by tenant, verdict and reason."),
-    ("tidings_messages_total", "counter", "Messages settled, by tenant, channel and status."),
-    ("tidings_decision_duration_seconds", "histogram", "Wall time of a decision."),
-    ("tidings_decision_fuel", "histogram", "Instructions (fuel) used by a decision."),
+    (
+        "tidings_events_total",
+        "counter",
+        "Order events accepted, by tenant and kind.",
+    ),
+    (
+        "tidings_decisions_total",
+        "counter",
+        "Plugin decisions, by tenant, plugin and outcome.",
+    ),
+    (
+        "tidings_plugin_faults_total",
+        "counter",
+        "Plugin faults, by tenant, plugin and fault.",
+    ),
+    (
+        "tidings_policy_verdicts_total",
+        "counter",
+        "Policy verdicts on messages, by tenant, verdict and reason.",
+    ),
+    (
+        "tidings_messages_total",
+        "counter",
+        "Messages settled, by tenant, channel and status.",
+    ),
+    (
+        "tidings_decision_duration_seconds",
+        "histogram",
+        "Wall time of a decision.",
+    ),
+    (
+        "tidings_decision_fuel",
+        "histogram",
+        "Instructions (fuel) used by a decision.",
+    ),
 ];
 
 impl Metrics {
     /// Add one to a counter.
     pub fn inc(&self, name: &'static str, labels: &[(&'static str, &str)]) {
         let key = (name, own(labels));
-        *self.counters.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default() += 1;
+        *self
+            .counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_default() += 1;
     }
 
     /// Record a decision's duration (seconds) and fuel.
     pub fn decision(&self, labels: &[(&'static str, &str)], seconds: f64, fuel: u64) {
-        self.observe("tidings_decision_duration_seconds", labels, seconds, &DURATION_BUCKETS);
+        self.observe(
+            "tidings_decision_duration_seconds",
+            labels,
+            seconds,
+            &DURATION_BUCKETS,
+        );
         self.observe("tidings_decision_fuel", labels, fuel as f64, &FUEL_BUCKETS);
     }
 
-    fn observe(&self, name: &'static str, labels: &[(&'static str, &str)], value: f64, bounds: &[f64]) {
+    fn observe(
+        &self,
+        name: &'static str,
+        labels: &[(&'static str, &str)],
+        value: f64,
+        bounds: &[f64],
+    ) {
         let mut histograms = self.histograms.lock().unwrap_or_else(|e| e.into_inner());
         let h = histograms.entry((name, own(labels))).or_default();
         if h.buckets.is_empty() {
@@ -86,11 +130,24 @@ impl Metrics {
                 if n != name {
                     continue;
                 }
-                let bounds: &[f64] = if *name == "tidings_decision_fuel" { &FUEL_BUCKETS } else { &DURATION_BUCKETS };
+                let bounds: &[f64] = if *name == "tidings_decision_fuel" {
+                    &FUEL_BUCKETS
+                } else {
+                    &DURATION_BUCKETS
+                };
                 for (bound, count) in bounds.iter().zip(&h.buckets) {
-                    let _ = writeln!(out, "{name}_bucket{} {count}", fmt_labels(labels, Some(&bound.to_string())));
+                    let _ = writeln!(
+                        out,
+                        "{name}_bucket{} {count}",
+                        fmt_labels(labels, Some(&bound.to_string()))
+                    );
                 }
-                let _ = writeln!(out, "{name}_bucket{} {}", fmt_labels(labels, Some("+Inf")), h.count);
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{} {}",
+                    fmt_labels(labels, Some("+Inf")),
+                    h.count
+                );
                 let _ = writeln!(out, "{name}_sum{} {}", fmt_labels(labels, None), h.sum);
                 let _ = writeln!(out, "{name}_count{} {}", fmt_labels(labels, None), h.count);
             }
@@ -106,12 +163,23 @@ fn own(labels: &[(&'static str, &str)]) -> Labels {
 fn fmt_labels(labels: &Labels, le: Option<&str>) -> String {
     let mut parts: Vec<String> = labels
         .iter()
-        .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")))
+        .map(|(k, v)| {
+            format!(
+                "{k}=\"{}\"",
+                v.replace('\\', "\\\\")
+                    .replace('"', "\\\"")
+                    .replace('\n', "\\n")
+            )
+        })
         .collect();
     if let Some(le) = le {
         parts.push(format!("le=\"{le}\""));
     }
-    if parts.is_empty() { String::new() } else { format!("{{{}}}", parts.join(",")) }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("{{{}}}", parts.join(","))
+    }
 }
 
 #[cfg(test)]
@@ -121,12 +189,27 @@ mod tests {
     #[test]
     fn counters_and_histograms_render_in_prometheus_text_format() {
         let m = Metrics::default();
-        m.inc("tidings_events_total", &[("tenant", "t1"), ("kind", "order_created")]);
-        m.inc("tidings_events_total", &[("tenant", "t1"), ("kind", "order_created")]);
+        m.inc(
+            "tidings_events_total",
+            &[("tenant", "t1"), ("kind", "order_created")],
+        );
+        m.inc(
+            "tidings_events_total",
+            &[("tenant", "t1"), ("kind", "order_created")],
+        );
         m.decision(&[("tenant", "t1")], 0.0002, 60_000);
         let text = m.render();
-        assert!(text.contains("tidings_events_total{tenant=\"t1\",kind=\"order_created\"} 2"), "{text}");
-        assert!(text.contains("tidings_decision_fuel_bucket{tenant=\"t1\",le=\"100000\"} 1"), "{text}");
-        assert!(text.contains("tidings_decision_duration_seconds_count{tenant=\"t1\"} 1"), "{text}");
+        assert!(
+            text.contains("tidings_events_total{tenant=\"t1\",kind=\"order_created\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tidings_decision_fuel_bucket{tenant=\"t1\",le=\"100000\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tidings_decision_duration_seconds_count{tenant=\"t1\"} 1"),
+            "{text}"
+        );
     }
 }

@@ -16,7 +16,9 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::json;
 use tidings_sdk::action::{Action, Notify};
-use tidings_sdk::types::{Channel, Context, OpenEscalation, OrderEvent, SentNotification, Timestamp};
+use tidings_sdk::types::{
+    Channel, Context, OpenEscalation, OrderEvent, SentNotification, Timestamp,
+};
 
 use crate::decide::{DecideError, Decision, Plugin, Runtime};
 use crate::metrics::Metrics;
@@ -87,10 +89,18 @@ impl Pipeline {
 
     /// The loaded plugin with this stored id (compiled once per process).
     pub async fn plugin(&self, id: &str) -> Result<Plugin, PipelineError> {
-        if let Some(plugin) = self.plugins.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
+        if let Some(plugin) = self
+            .plugins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+        {
             return Ok(plugin.clone());
         }
-        let unavailable = |message: String| PipelineError::PluginUnavailable { id: id.to_owned(), message };
+        let unavailable = |message: String| PipelineError::PluginUnavailable {
+            id: id.to_owned(),
+            message,
+        };
         let bytes = self
             .store
             .plugin_component(id)
@@ -117,15 +127,23 @@ impl Pipeline {
     }
 
     /// A tenant and its parsed settings.
-    pub async fn tenant(&self, tenant_id: &str) -> Result<(TenantRow, TenantSettings), PipelineError> {
-        let tenant = self.store.tenant(tenant_id).await?.ok_or_else(|| PipelineError::Corrupt {
-            what: "event",
-            message: format!("unknown tenant {tenant_id}"),
-        })?;
-        let settings = TenantSettings::from_json(&tenant.settings).map_err(|e| PipelineError::Corrupt {
-            what: "tenant settings",
-            message: e.to_string(),
-        })?;
+    pub async fn tenant(
+        &self,
+        tenant_id: &str,
+    ) -> Result<(TenantRow, TenantSettings), PipelineError> {
+        let tenant = self
+            .store
+            .tenant(tenant_id)
+            .await?
+            .ok_or_else(|| PipelineError::Corrupt {
+                what: "event",
+                message: format!("unknown tenant {tenant_id}"),
+            })?;
+        let settings =
+            TenantSettings::from_json(&tenant.settings).map_err(|e| PipelineError::Corrupt {
+                what: "tenant settings",
+                message: e.to_string(),
+            })?;
         Ok((tenant, settings))
     }
 
@@ -170,15 +188,19 @@ impl Pipeline {
 
     /// Take one stored event through decide, policy and scheduling.
     pub async fn process_event(&self, row: &EventRow) -> Result<(), PipelineError> {
-        let event: OrderEvent = serde_json::from_str(&row.body).map_err(|e| PipelineError::Corrupt {
-            what: "event body",
-            message: e.to_string(),
-        })?;
+        let event: OrderEvent =
+            serde_json::from_str(&row.body).map_err(|e| PipelineError::Corrupt {
+                what: "event body",
+                message: e.to_string(),
+            })?;
         let (tenant, settings) = self.tenant(&row.tenant_id).await?;
         let now = Timestamp::now();
-        let merged = self.decide_all(row, &event, &tenant, &settings, now).await?;
+        let merged = self
+            .decide_all(row, &event, &tenant, &settings, now)
+            .await?;
         for (decision_id, action) in merged.actions {
-            self.apply(row, &event, &settings, &decision_id, &action, now).await?;
+            self.apply(row, &event, &settings, &decision_id, &action, now)
+                .await?;
         }
         self.store.finish_event(&row.id, "processed").await?;
         Ok(())
@@ -192,8 +214,12 @@ impl Pipeline {
         settings: &TenantSettings,
         now: Timestamp,
     ) -> Result<Merged, PipelineError> {
-        let (history, open_escalations) = self.order_context(&tenant.id, &event.order.id, i64::MAX).await?;
-        let mut merged = Merged { actions: Vec::new() };
+        let (history, open_escalations) = self
+            .order_context(&tenant.id, &event.order.id, i64::MAX)
+            .await?;
+        let mut merged = Merged {
+            actions: Vec::new(),
+        };
         let mut seen_dedupe = HashSet::new();
         for install in self.store.installs(&tenant.id).await? {
             let plugin = self.plugin(&install.plugin_id).await?;
@@ -209,9 +235,14 @@ impl Pipeline {
                 .runtime
                 .decide(&tenant.id, &plugin, event, &ctx, &settings.limits)
                 .await;
-            let decision_id = self.record_decision(row, &install.plugin_id, &result).await?;
+            let decision_id = self
+                .record_decision(row, &install.plugin_id, &result)
+                .await?;
             match result {
-                Ok(Decision { outcome: Ok(actions), .. }) => {
+                Ok(Decision {
+                    outcome: Ok(actions),
+                    ..
+                }) => {
                     for action in actions {
                         // Several plugins may ask for the same message: one dedupe key, one message.
                         if let Some(key) = action.message().and_then(|n| n.dedupe_key.clone())
@@ -222,13 +253,19 @@ impl Pipeline {
                         merged.actions.push((decision_id.clone(), action));
                     }
                 }
-                Ok(Decision { outcome: Err(rule_error), plugin, .. }) => {
+                Ok(Decision {
+                    outcome: Err(rule_error),
+                    plugin,
+                    ..
+                }) => {
                     let reason = format!("plugin {plugin} returned rule error {rule_error}");
-                    self.plugin_failed(row, settings, &decision_id, &reason).await?;
+                    self.plugin_failed(row, settings, &decision_id, &reason)
+                        .await?;
                 }
                 Err(err) => {
                     let reason = err.to_string();
-                    self.plugin_failed(row, settings, &decision_id, &reason).await?;
+                    self.plugin_failed(row, settings, &decision_id, &reason)
+                        .await?;
                 }
             }
         }
@@ -243,10 +280,25 @@ impl Pipeline {
     ) -> Result<String, PipelineError> {
         let (plugin, usage, outcome, detail) = match result {
             Ok(d) => match &d.outcome {
-                Ok(actions) => (&d.plugin, &d.usage, "actions", json!({ "actions": actions, "log": d.log })),
-                Err(e) => (&d.plugin, &d.usage, "rule_error", json!({ "rule_error": e, "log": d.log })),
+                Ok(actions) => (
+                    &d.plugin,
+                    &d.usage,
+                    "actions",
+                    json!({ "actions": actions, "log": d.log }),
+                ),
+                Err(e) => (
+                    &d.plugin,
+                    &d.usage,
+                    "rule_error",
+                    json!({ "rule_error": e, "log": d.log }),
+                ),
             },
-            Err(e) => (&e.plugin, &e.usage, "fault", json!({ "fault": e.fault, "log": e.log })),
+            Err(e) => (
+                &e.plugin,
+                &e.usage,
+                "fault",
+                json!({ "fault": e.fault, "log": e.log }),
+            ),
         };
         let fuel = i64::try_from(usage.fuel).unwrap_or(i64::MAX);
         let duration_us = i64::try_from(usage.wall_time_us).unwrap_or(i64::MAX);
@@ -264,18 +316,34 @@ impl Pipeline {
                 duration_us,
             )
             .await?;
-        let labels = [("tenant", row.tenant_id.as_str()), ("plugin", plugin.name.as_str())];
-        self.metrics.decision(&labels, usage.wall_time_us as f64 / 1e6, usage.fuel);
+        let labels = [
+            ("tenant", row.tenant_id.as_str()),
+            ("plugin", plugin.name.as_str()),
+        ];
+        self.metrics
+            .decision(&labels, usage.wall_time_us as f64 / 1e6, usage.fuel);
         self.metrics.inc(
             "tidings_decisions_total",
-            &[("tenant", &row.tenant_id), ("plugin", &plugin.name), ("outcome", outcome)],
+            &[
+                ("tenant", &row.tenant_id),
+                ("plugin", &plugin.name),
+                ("outcome", outcome),
+            ],
         );
         if let Err(e) = result {
             let fault = serde_json::to_value(&e.fault).ok();
-            let kind = fault.as_ref().and_then(|f| f["kind"].as_str()).unwrap_or("unknown").to_owned();
+            let kind = fault
+                .as_ref()
+                .and_then(|f| f["kind"].as_str())
+                .unwrap_or("unknown")
+                .to_owned();
             self.metrics.inc(
                 "tidings_plugin_faults_total",
-                &[("tenant", &row.tenant_id), ("plugin", &plugin.name), ("fault", &kind)],
+                &[
+                    ("tenant", &row.tenant_id),
+                    ("plugin", &plugin.name),
+                    ("fault", &kind),
+                ],
             );
         }
         self.audit(row, None, "decide", outcome, &format!("plugin:{plugin}"), {
@@ -313,7 +381,8 @@ impl Pipeline {
             })
             .await?;
         let detail = json!({ "ticket": ticket, "queue": PLUGIN_FAULTS_QUEUE, "new": new, "reason": reason, "event_id": row.id });
-        self.audit(row, None, "escalation", "opened", "system", detail).await
+        self.audit(row, None, "escalation", "opened", "system", detail)
+            .await
     }
 
     async fn apply(
@@ -326,14 +395,33 @@ impl Pipeline {
         now: Timestamp,
     ) -> Result<(), PipelineError> {
         match action {
-            Action::Notify(notify) => self.schedule_notify(row, event, settings, decision_id, notify, now).await,
+            Action::Notify(notify) => {
+                self.schedule_notify(row, event, settings, decision_id, notify, now)
+                    .await
+            }
             Action::HoldForApproval { notify, reason } => {
                 let id = self
                     .store
-                    .insert_message(&new_message(row, event, decision_id, notify, notify.channel, "held", Some(reason), now))
+                    .insert_message(&new_message(
+                        row,
+                        event,
+                        decision_id,
+                        notify,
+                        notify.channel,
+                        "held",
+                        Some(reason),
+                        now,
+                    ))
                     .await?;
-                self.audit(row, Some(&id), "policy", "held", "system", json!({ "reason": reason, "template": notify.template }))
-                    .await
+                self.audit(
+                    row,
+                    Some(&id),
+                    "policy",
+                    "held",
+                    "system",
+                    json!({ "reason": reason, "template": notify.template }),
+                )
+                .await
             }
             Action::Escalate(e) => {
                 let (ticket, new) = self
@@ -350,13 +438,30 @@ impl Pipeline {
                     })
                     .await?;
                 let action = if new { "opened" } else { "merged" };
-                self.audit(row, None, "escalation", action, "system", json!({ "ticket": ticket, "escalate": e }))
-                    .await
+                self.audit(
+                    row,
+                    None,
+                    "escalation",
+                    action,
+                    "system",
+                    json!({ "ticket": ticket, "escalate": e }),
+                )
+                .await
             }
             Action::Cancel { cancel_key } => {
-                let cancelled = self.store.cancel_key(&row.tenant_id, cancel_key, &row.id).await?;
-                self.audit(row, None, "policy", "cancel", "system", json!({ "cancel_key": cancel_key, "cancelled": cancelled }))
-                    .await
+                let cancelled = self
+                    .store
+                    .cancel_key(&row.tenant_id, cancel_key, &row.id)
+                    .await?;
+                self.audit(
+                    row,
+                    None,
+                    "policy",
+                    "cancel",
+                    "system",
+                    json!({ "cancel_key": cancel_key, "cancelled": cancelled }),
+                )
+                .await
             }
         }
     }
@@ -370,13 +475,40 @@ impl Pipeline {
         notify: &Notify,
         now: Timestamp,
     ) -> Result<(), PipelineError> {
-        let (verdict, send_at) = self.verdict(&row.tenant_id, event, settings, notify, now).await?;
+        let (verdict, send_at) = self
+            .verdict(&row.tenant_id, event, settings, notify, now)
+            .await?;
         let (channel, status, at, reason, verdict_name) = match &verdict.outcome {
             Outcome::Send { channel, at } => (*channel, "scheduled", *at, None, "send"),
-            Outcome::Defer { channel, until, reason } => (*channel, "scheduled", *until, Some(reason.to_string()), "defer"),
-            Outcome::Suppress(reason) => (notify.channel, "suppressed", send_at, Some(reason.to_string()), "suppress"),
+            Outcome::Defer {
+                channel,
+                until,
+                reason,
+            } => (
+                *channel,
+                "scheduled",
+                *until,
+                Some(reason.to_string()),
+                "defer",
+            ),
+            Outcome::Suppress(reason) => (
+                notify.channel,
+                "suppressed",
+                send_at,
+                Some(reason.to_string()),
+                "suppress",
+            ),
         };
-        let mut message = new_message(row, event, decision_id, notify, channel, status, reason.as_deref(), at);
+        let mut message = new_message(
+            row,
+            event,
+            decision_id,
+            notify,
+            channel,
+            status,
+            reason.as_deref(),
+            at,
+        );
         message.send_at = at.as_millisecond();
         let id = self.store.insert_message(&message).await?;
         let reason_code = match &verdict.outcome {
@@ -385,7 +517,11 @@ impl Pipeline {
         };
         self.metrics.inc(
             "tidings_policy_verdicts_total",
-            &[("tenant", &row.tenant_id), ("verdict", verdict_name), ("reason", reason_code)],
+            &[
+                ("tenant", &row.tenant_id),
+                ("verdict", verdict_name),
+                ("reason", reason_code),
+            ],
         );
         let detail = json!({
             "verdict": verdict,
@@ -393,7 +529,8 @@ impl Pipeline {
             "requested_channel": notify.channel,
             "send_at": at,
         });
-        self.audit(row, Some(&id), "policy", verdict_name, "system", detail).await
+        self.audit(row, Some(&id), "policy", verdict_name, "system", detail)
+            .await
     }
 
     /// What policy says about `notify` for `event` now, with the facts looked
@@ -436,7 +573,10 @@ impl Pipeline {
             None => None,
         };
         let window_start = settings.policy.marketing_window_start(now).as_millisecond();
-        let marketing = self.store.marketing_count(tenant_id, &customer.id, window_start).await?;
+        let marketing = self
+            .store
+            .marketing_count(tenant_id, &customer.id, window_start)
+            .await?;
         let facts = Facts {
             customer,
             suppressed: &suppressed,
@@ -445,7 +585,10 @@ impl Pipeline {
             marketing_sent_in_window: u32::try_from(marketing).unwrap_or(u32::MAX),
             now,
         };
-        Ok((policy::check(notify, send_at, &facts, &settings.policy), send_at))
+        Ok((
+            policy::check(notify, send_at, &facts, &settings.policy),
+            send_at,
+        ))
     }
 
     /// Append to the audit log for `row`'s order.

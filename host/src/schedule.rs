@@ -33,7 +33,8 @@ pub fn send_at(timing: &Timing, now: Timestamp) -> Timestamp {
         Timing::Now => now,
         Timing::After { seconds } => {
             let seconds = i64::try_from(*seconds).unwrap_or(i64::MAX);
-            now.checked_add(jiff::SignedDuration::from_secs(seconds)).unwrap_or(Timestamp::MAX)
+            now.checked_add(jiff::SignedDuration::from_secs(seconds))
+                .unwrap_or(Timestamp::MAX)
         }
         Timing::At { at } => (*at).max(now),
     }
@@ -66,7 +67,10 @@ pub async fn run_event_worker(pipeline: Pipeline, wake: Arc<Wakeups>) {
 
 /// Lease and process one batch of events; returns how many. Events of the
 /// same order are processed in order; different orders run concurrently.
-pub async fn process_some_events(pipeline: &Pipeline, wake: &Wakeups) -> Result<usize, PipelineError> {
+pub async fn process_some_events(
+    pipeline: &Pipeline,
+    wake: &Wakeups,
+) -> Result<usize, PipelineError> {
     let rows = pipeline
         .store
         .lease_events(64, LEASE.as_millis() as i64)
@@ -100,7 +104,12 @@ pub async fn process_some_events(pipeline: &Pipeline, wake: &Wakeups) -> Result<
 }
 
 /// Runs the message worker until the process stops.
-pub async fn run_message_worker(pipeline: Pipeline, transport: Arc<dyn Transport>, wake: Arc<Wakeups>, owner: String) {
+pub async fn run_message_worker(
+    pipeline: Pipeline,
+    transport: Arc<dyn Transport>,
+    wake: Arc<Wakeups>,
+    owner: String,
+) {
     loop {
         match deliver_due(&pipeline, transport.as_ref(), &owner).await {
             Ok(0) => {
@@ -116,7 +125,11 @@ pub async fn run_message_worker(pipeline: Pipeline, transport: Arc<dyn Transport
 }
 
 /// Lease the due messages and deliver them; returns how many.
-pub async fn deliver_due(pipeline: &Pipeline, transport: &dyn Transport, owner: &str) -> Result<usize, PipelineError> {
+pub async fn deliver_due(
+    pipeline: &Pipeline,
+    transport: &dyn Transport,
+    owner: &str,
+) -> Result<usize, PipelineError> {
     let leased = pipeline
         .store
         .lease_due_messages(owner, 32, LEASE.as_millis() as i64)
@@ -129,14 +142,27 @@ pub async fn deliver_due(pipeline: &Pipeline, transport: &dyn Transport, owner: 
 }
 
 /// Render and dispatch one leased message, and settle it.
-pub async fn deliver(pipeline: &Pipeline, transport: &dyn Transport, m: &MessageRow) -> Result<(), PipelineError> {
+pub async fn deliver(
+    pipeline: &Pipeline,
+    transport: &dyn Transport,
+    m: &MessageRow,
+) -> Result<(), PipelineError> {
     let store = &pipeline.store;
     if let Some(key) = &m.cancel_key
         && store.is_cancelled(&m.tenant_id, key).await?
     {
         let reason = format!("cancelled by key {key}");
-        store.settle_message(m, "cancelled", Some(&reason), None, None).await?;
-        return audit(pipeline, m, "schedule", "cancelled", json!({ "cancel_key": key })).await;
+        store
+            .settle_message(m, "cancelled", Some(&reason), None, None)
+            .await?;
+        return audit(
+            pipeline,
+            m,
+            "schedule",
+            "cancelled",
+            json!({ "cancel_key": key }),
+        )
+        .await;
     }
     let (tenant, settings) = pipeline.tenant(&m.tenant_id).await?;
     let event_row = store.event(&m.tenant_id, &m.event_id).await?;
@@ -149,7 +175,10 @@ pub async fn deliver(pipeline: &Pipeline, transport: &dyn Transport, m: &Message
     };
 
     let mut templates = TemplateSet::new();
-    for t in store.templates_for(&m.tenant_id, &m.template, &m.channel).await? {
+    for t in store
+        .templates_for(&m.tenant_id, &m.template, &m.channel)
+        .await?
+    {
         if let Some(c) = parse_enum::<Channel>(&t.channel) {
             templates.insert(
                 (t.name, c, t.locale),
@@ -179,7 +208,14 @@ pub async fn deliver(pipeline: &Pipeline, transport: &dyn Transport, m: &Message
         Err(err) => return fail(pipeline, m, &format!("render: {err}")).await,
     };
     let rendered_json = serde_json::to_string(&rendered).expect("rendered messages serialise");
-    audit(pipeline, m, "render", "rendered", json!({ "template": m.template, "locale": rendered.locale })).await?;
+    audit(
+        pipeline,
+        m,
+        "render",
+        "rendered",
+        json!({ "template": m.template, "locale": rendered.locale }),
+    )
+    .await?;
 
     let customer = &event.order.customer;
     let to = match channel {
@@ -202,12 +238,30 @@ pub async fn deliver(pipeline: &Pipeline, transport: &dyn Transport, m: &Message
     match transport.send(&outbound).await {
         Ok(receipt) => {
             store
-                .settle_message(m, "sent", None, Some(&rendered_json), Some(("sent", &receipt.transport_id)))
+                .settle_message(
+                    m,
+                    "sent",
+                    None,
+                    Some(&rendered_json),
+                    Some(("sent", &receipt.transport_id)),
+                )
                 .await?;
-            pipeline
-                .metrics
-                .inc("tidings_messages_total", &[("tenant", &m.tenant_id), ("channel", &m.channel), ("status", "sent")]);
-            audit(pipeline, m, "dispatch", "sent", json!({ "transport_id": receipt.transport_id })).await
+            pipeline.metrics.inc(
+                "tidings_messages_total",
+                &[
+                    ("tenant", &m.tenant_id),
+                    ("channel", &m.channel),
+                    ("status", "sent"),
+                ],
+            );
+            audit(
+                pipeline,
+                m,
+                "dispatch",
+                "sent",
+                json!({ "transport_id": receipt.transport_id }),
+            )
+            .await
         }
         Err(err) => {
             let reason = format!("dispatch: {err}");
@@ -215,21 +269,42 @@ pub async fn deliver(pipeline: &Pipeline, transport: &dyn Transport, m: &Message
             // Retries with backoff belong to the delivery work (issue "Delivery");
             // until then a failed hand-off is final and visible with its reason.
             let status = "failed";
-            store.settle_message(m, status, Some(&reason), Some(&rendered_json), attempt).await?;
-            pipeline
-                .metrics
-                .inc("tidings_messages_total", &[("tenant", &m.tenant_id), ("channel", &m.channel), ("status", status)]);
-            audit(pipeline, m, "dispatch", "failed", json!({ "error": err.to_string(), "transient": err.is_transient() }))
-                .await
+            store
+                .settle_message(m, status, Some(&reason), Some(&rendered_json), attempt)
+                .await?;
+            pipeline.metrics.inc(
+                "tidings_messages_total",
+                &[
+                    ("tenant", &m.tenant_id),
+                    ("channel", &m.channel),
+                    ("status", status),
+                ],
+            );
+            audit(
+                pipeline,
+                m,
+                "dispatch",
+                "failed",
+                json!({ "error": err.to_string(), "transient": err.is_transient() }),
+            )
+            .await
         }
     }
 }
 
 async fn fail(pipeline: &Pipeline, m: &MessageRow, reason: &str) -> Result<(), PipelineError> {
-    pipeline.store.settle_message(m, "failed", Some(reason), None, None).await?;
     pipeline
-        .metrics
-        .inc("tidings_messages_total", &[("tenant", &m.tenant_id), ("channel", &m.channel), ("status", "failed")]);
+        .store
+        .settle_message(m, "failed", Some(reason), None, None)
+        .await?;
+    pipeline.metrics.inc(
+        "tidings_messages_total",
+        &[
+            ("tenant", &m.tenant_id),
+            ("channel", &m.channel),
+            ("status", "failed"),
+        ],
+    );
     audit(pipeline, m, "render", "failed", json!({ "reason": reason })).await
 }
 

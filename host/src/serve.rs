@@ -75,7 +75,9 @@ pub struct Running {
 
 impl std::fmt::Debug for Running {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Running").field("addr", &self.addr).finish_non_exhaustive()
+        f.debug_struct("Running")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
     }
 }
 
@@ -114,19 +116,36 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     let state = AppState {
         pipeline: pipeline.clone(),
         wake: wake.clone(),
-        operator_key_hash: config.operator_key.as_deref().map(|k| Sha256::digest(k.as_bytes()).into()),
+        operator_key_hash: config
+            .operator_key
+            .as_deref()
+            .map(|k| Sha256::digest(k.as_bytes()).into()),
     };
     let mut tasks = Vec::new();
     if config.role != Role::Api {
         let transport: Arc<dyn Transport> = Arc::new(FileTransport::new(&config.outbox));
         let owner = format!("{}-{}", std::process::id(), crate::store::new_id("w"));
-        tasks.push(tokio::spawn(schedule::run_event_worker(pipeline.clone(), wake.clone())));
-        tasks.push(tokio::spawn(schedule::run_message_worker(pipeline.clone(), transport, wake.clone(), owner)));
+        tasks.push(tokio::spawn(schedule::run_event_worker(
+            pipeline.clone(),
+            wake.clone(),
+        )));
+        tasks.push(tokio::spawn(schedule::run_message_worker(
+            pipeline.clone(),
+            transport,
+            wake.clone(),
+            owner,
+        )));
     }
     let listener = TcpListener::bind(config.listen)
         .await
-        .map_err(|source| ServeError::Listen { addr: config.listen, source })?;
-    let addr = listener.local_addr().map_err(|source| ServeError::Listen { addr: config.listen, source })?;
+        .map_err(|source| ServeError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Listen {
+        addr: config.listen,
+        source,
+    })?;
     if config.role != Role::Worker {
         let app = http::router(state.clone());
         tasks.push(tokio::spawn(async move {

@@ -93,13 +93,19 @@ impl TenantSettings {
                 .support_email
                 .split_once('@')
                 .map_or("localhost", |(_, d)| d);
-            format!("{} <no-reply@{domain}>", self.shop.name.replace(['<', '>', '"'], ""))
+            format!(
+                "{} <no-reply@{domain}>",
+                self.shop.name.replace(['<', '>', '"'], "")
+            )
         })
     }
 
     /// The `Reply-To:` address for email.
     pub fn email_reply_to(&self) -> String {
-        self.email.reply_to.clone().unwrap_or_else(|| self.shop.support_email.clone())
+        self.email
+            .reply_to
+            .clone()
+            .unwrap_or_else(|| self.shop.support_email.clone())
     }
 }
 
@@ -116,7 +122,8 @@ mod tests {
 
     #[test]
     fn a_wrong_setting_is_named() {
-        let err = TenantSettings::from_json(r#"{"limits": {"fuel": "lots"}}"#).expect_err("invalid");
+        let err =
+            TenantSettings::from_json(r#"{"limits": {"fuel": "lots"}}"#).expect_err("invalid");
         assert_eq!(err.path, "limits.fuel");
     }
 }

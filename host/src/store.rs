@@ -22,7 +22,9 @@ use sqlx::{AnyPool, ConnectOptions, Executor};
 
 pub use audit::{AuditEntry, AuditRow};
 pub use events::{EventRow, NewEvent};
-pub use messages::{AttemptRow, DecisionRow, EscalationRow, MessageFilter, MessageRow, NewEscalation, NewMessage};
+pub use messages::{
+    AttemptRow, DecisionRow, EscalationRow, MessageFilter, MessageRow, NewEscalation, NewMessage,
+};
 pub use plugins::{InstallRow, PluginRow};
 pub use tenants::{ApiKeyRow, TemplateRow, TenantRow};
 
@@ -63,7 +65,9 @@ pub enum StoreError {
 impl StoreError {
     fn from_insert(err: sqlx::Error, what: &str) -> Self {
         match &err {
-            sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(what.to_owned()),
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                StoreError::Conflict(what.to_owned())
+            }
             _ => StoreError::Database(err),
         }
     }
@@ -114,7 +118,10 @@ impl Store {
             }
             Backend::Postgres => {
                 let options = AnyConnectOptions::from_str(url)?.disable_statement_logging();
-                AnyPoolOptions::new().max_connections(16).connect_with(options).await?
+                AnyPoolOptions::new()
+                    .max_connections(16)
+                    .connect_with(options)
+                    .await?
             }
         };
         let store = Self { pool, backend };
@@ -125,7 +132,11 @@ impl Store {
     async fn migrate(&self) -> Result<(), StoreError> {
         match self.backend {
             Backend::Sqlite => sqlx::migrate!("migrations/sqlite").run(&self.pool).await?,
-            Backend::Postgres => sqlx::migrate!("migrations/postgres").run(&self.pool).await?,
+            Backend::Postgres => {
+                sqlx::migrate!("migrations/postgres")
+                    .run(&self.pool)
+                    .await?
+            }
         }
         Ok(())
     }

@@ -104,9 +104,9 @@ macro_rules! register_rule {
                         env!("CARGO_PKG_VERSION"),
                     )
                 }
-    }
+            }
 
-            $crate::guest::export!(Export with_types_in $crate::guest::bindings);
+    $crate::guest::export!(Export with_types_in $crate::guest::bindings);
         };
 
         #[cfg(not(target_arch = "wasm32"))]

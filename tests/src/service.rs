@@ -25,7 +25,8 @@ pub const OPERATOR_KEY: &str = "tdg_test_operator_key";
 
 /// Where PostgreSQL tests connect to create their own database.
 pub fn postgres_admin_url() -> String {
-    std::env::var("TIDINGS_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    std::env::var("TIDINGS_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
 /// Which database a test runs on.
@@ -53,7 +54,9 @@ pub struct TestService {
 
 impl std::fmt::Debug for TestService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TestService").field("database_url", &self.database_url).finish_non_exhaustive()
+        f.debug_struct("TestService")
+            .field("database_url", &self.database_url)
+            .finish_non_exhaustive()
     }
 }
 
@@ -73,7 +76,10 @@ impl TestService {
         let dir = std::env::temp_dir().join(unique("tidings-test"));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let (database_url, postgres_db) = match db {
-            Db::Sqlite => (format!("sqlite://{}", dir.join("tidings.db").display()), None),
+            Db::Sqlite => (
+                format!("sqlite://{}", dir.join("tidings.db").display()),
+                None,
+            ),
             Db::Postgres => {
                 let name = unique("tidings_test");
                 let admin = postgres_admin_url();
@@ -85,7 +91,10 @@ impl TestService {
                     .await
                     .expect("create the test database");
                 pool.close().await;
-                let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b).to_owned();
+                let base = admin
+                    .rsplit_once('/')
+                    .map_or(admin.as_str(), |(b, _)| b)
+                    .to_owned();
                 (format!("{base}/{name}"), Some(name))
             }
         };
@@ -128,7 +137,13 @@ impl TestService {
     }
 
     /// Send a request; returns the status and the JSON body (null if none).
-    pub async fn call(&self, method: Method, path: &str, key: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
         self.call_raw(method, path, key, &[], bytes).await
     }
@@ -156,8 +171,11 @@ impl TestService {
             .await
             .expect("the router answers");
         let status = response.status();
-        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.expect("body");
-        let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("body");
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
         (status, value)
     }
 
@@ -180,7 +198,12 @@ impl TestService {
     /// A new key of `scope` for `tenant_id`.
     pub async fn key(&self, tenant_id: &str, scope: &str) -> String {
         let (status, key) = self
-            .call(Method::POST, &format!("/v1/tenants/{tenant_id}/keys"), Some(OPERATOR_KEY), Some(json!({ "scope": scope })))
+            .call(
+                Method::POST,
+                &format!("/v1/tenants/{tenant_id}/keys"),
+                Some(OPERATOR_KEY),
+                Some(json!({ "scope": scope })),
+            )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{key}");
         key["key"].as_str().expect("key").to_owned()
@@ -190,7 +213,13 @@ impl TestService {
     pub async fn upload(&self, key: &str, path: &str) -> String {
         let bytes = std::fs::read(path).expect("guest built");
         let (status, plugin) = self
-            .call_raw(Method::POST, "/v1/plugins", Some(key), &[("content-type", "application/wasm")], bytes)
+            .call_raw(
+                Method::POST,
+                "/v1/plugins",
+                Some(key),
+                &[("content-type", "application/wasm")],
+                bytes,
+            )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{plugin}");
         plugin["id"].as_str().expect("plugin id").to_owned()
@@ -200,7 +229,12 @@ impl TestService {
     pub async fn install(&self, key: &str, path: &str, config: Value) -> String {
         let id = self.upload(key, path).await;
         let (status, body) = self
-            .call(Method::POST, &format!("/v1/plugins/{id}/install"), Some(key), Some(json!({ "config": config })))
+            .call(
+                Method::POST,
+                &format!("/v1/plugins/{id}/install"),
+                Some(key),
+                Some(json!({ "config": config })),
+            )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         id
@@ -208,19 +242,27 @@ impl TestService {
 
     /// Upload the bundled default templates of standard-lifecycle.
     pub async fn default_templates(&self, key: &str) -> usize {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins/standard-lifecycle/templates");
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../plugins/standard-lifecycle/templates");
         let mut count = 0;
         for locale in std::fs::read_dir(&dir).expect("templates dir").flatten() {
             if !locale.path().is_dir() {
                 continue;
             }
             let locale_name = locale.file_name().to_string_lossy().into_owned();
-            for file in std::fs::read_dir(locale.path()).expect("locale dir").flatten() {
+            for file in std::fs::read_dir(locale.path())
+                .expect("locale dir")
+                .flatten()
+            {
                 let file_name = file.file_name().to_string_lossy().into_owned();
-                let Some(stem) = file_name.strip_suffix(".jinja") else { continue };
+                let Some(stem) = file_name.strip_suffix(".jinja") else {
+                    continue;
+                };
                 let (name, channel) = stem.rsplit_once('.').expect("name.channel.jinja");
-                let parts = tidings_host::render::parse_parts(&std::fs::read_to_string(file.path()).expect("read"))
-                    .expect("valid template file");
+                let parts = tidings_host::render::parse_parts(
+                    &std::fs::read_to_string(file.path()).expect("read"),
+                )
+                .expect("valid template file");
                 let (status, body) = self
                     .call(
                         Method::PUT,
@@ -237,9 +279,18 @@ impl TestService {
     }
 
     /// Post an event; returns the response.
-    pub async fn post_event(&self, key: &str, event: &tidings_sdk::types::OrderEvent) -> (StatusCode, Value) {
-        self.call(Method::POST, "/v1/events", Some(key), Some(serde_json::to_value(event).expect("event")))
-            .await
+    pub async fn post_event(
+        &self,
+        key: &str,
+        event: &tidings_sdk::types::OrderEvent,
+    ) -> (StatusCode, Value) {
+        self.call(
+            Method::POST,
+            "/v1/events",
+            Some(key),
+            Some(serde_json::to_value(event).expect("event")),
+        )
+        .await
     }
 
     /// Run the event worker until no event is waiting.
@@ -270,7 +321,12 @@ impl TestService {
     /// The tenant's messages for an order, oldest first.
     pub async fn messages(&self, key: &str, order_id: &str) -> Vec<Value> {
         let (status, body) = self
-            .call(Method::GET, &format!("/v1/messages?order_id={order_id}&limit=500"), Some(key), None)
+            .call(
+                Method::GET,
+                &format!("/v1/messages?order_id={order_id}&limit=500"),
+                Some(key),
+                None,
+            )
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
         let mut items = body["items"].as_array().cloned().unwrap_or_default();
@@ -285,10 +341,16 @@ impl Drop for TestService {
             let admin = postgres_admin_url();
             // Drop runs outside async code; use a short-lived runtime on a thread.
             let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .ok()?;
                 rt.block_on(async move {
                     let pool = sqlx::postgres::PgPool::connect(&admin).await.ok()?;
-                    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&pool).await.ok()
+                    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&pool)
+                        .await
+                        .ok()
                 })
             })
             .join();

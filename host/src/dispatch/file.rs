@@ -29,24 +29,29 @@ impl FileTransport {
 
     async fn write(&self, message: &Outbound<'_>) -> Result<Receipt, DispatchError> {
         let (path, bytes) = match message.channel {
-            Channel::Email => (self.dir.join(format!("{}.eml", message.id)), email(message)?),
+            Channel::Email => (
+                self.dir.join(format!("{}.eml", message.id)),
+                email(message)?,
+            ),
             other => {
-                let name = serde_json::to_value(other).ok().and_then(|v| v.as_str().map(str::to_owned));
+                let name = serde_json::to_value(other)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned));
                 let dir = self.dir.join(name.unwrap_or_else(|| "other".into()));
                 (dir.join(format!("{}.json", message.id)), json(message))
             }
         };
         let dir = path.parent().unwrap_or(&self.dir).to_owned();
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(|e| DispatchError::transient(format!("cannot create {}: {e}", dir.display())))?;
+        tokio::fs::create_dir_all(&dir).await.map_err(|e| {
+            DispatchError::transient(format!("cannot create {}: {e}", dir.display()))
+        })?;
         let tmp = path.with_extension("tmp");
-        tokio::fs::write(&tmp, &bytes)
-            .await
-            .map_err(|e| DispatchError::transient(format!("cannot write {}: {e}", tmp.display())))?;
-        tokio::fs::rename(&tmp, &path)
-            .await
-            .map_err(|e| DispatchError::transient(format!("cannot write {}: {e}", path.display())))?;
+        tokio::fs::write(&tmp, &bytes).await.map_err(|e| {
+            DispatchError::transient(format!("cannot write {}: {e}", tmp.display()))
+        })?;
+        tokio::fs::rename(&tmp, &path).await.map_err(|e| {
+            DispatchError::transient(format!("cannot write {}: {e}", path.display()))
+        })?;
         Ok(Receipt {
             transport_id: path.display().to_string(),
         })
@@ -77,7 +82,10 @@ pub fn email(message: &Outbound<'_>) -> Result<Vec<u8>, DispatchError> {
         .subject(rendered.subject.clone().unwrap_or_default())
         .message_id(Some(format!("<{}@tidings>", message.id)));
     if message.category == Category::Marketing {
-        builder = builder.header(ListUnsubscribe(format!("<mailto:{}?subject=unsubscribe>", message.reply_to)));
+        builder = builder.header(ListUnsubscribe(format!(
+            "<mailto:{}?subject=unsubscribe>",
+            message.reply_to
+        )));
     }
     let text = SinglePart::builder()
         .header(header::ContentType::TEXT_PLAIN)

@@ -53,11 +53,18 @@ impl Caller {
     /// operator names with `X-Tenant-Id`. Agents get 403 here.
     pub fn merchant_tenant(&self) -> Result<&str, ApiError> {
         match self.scope {
-            Scope::Merchant => self.tenant_id.as_deref().ok_or_else(|| ApiError::forbidden("key without tenant")),
+            Scope::Merchant => self
+                .tenant_id
+                .as_deref()
+                .ok_or_else(|| ApiError::forbidden("key without tenant")),
             Scope::Operator => self.acting_for.as_deref().ok_or_else(|| {
-                ApiError::bad_request("operator keys must name the tenant with the X-Tenant-Id header")
+                ApiError::bad_request(
+                    "operator keys must name the tenant with the X-Tenant-Id header",
+                )
             }),
-            Scope::Agent => Err(ApiError::forbidden("agent keys may only use escalations and approvals")),
+            Scope::Agent => Err(ApiError::forbidden(
+                "agent keys may only use escalations and approvals",
+            )),
         }
     }
 
@@ -65,9 +72,10 @@ impl Caller {
     /// own, the operator names one.
     pub fn agent_tenant(&self) -> Result<&str, ApiError> {
         match self.scope {
-            Scope::Merchant | Scope::Agent => {
-                self.tenant_id.as_deref().ok_or_else(|| ApiError::forbidden("key without tenant"))
-            }
+            Scope::Merchant | Scope::Agent => self
+                .tenant_id
+                .as_deref()
+                .ok_or_else(|| ApiError::forbidden("key without tenant")),
             Scope::Operator => self.merchant_tenant(),
         }
     }
@@ -87,7 +95,9 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     let value = headers
         .get(axum::http::header::AUTHORIZATION)
         .ok_or_else(|| unauthorized("missing Authorization: Bearer <key>"))?;
-    let value = value.to_str().map_err(|_| unauthorized("invalid Authorization header"))?;
+    let value = value
+        .to_str()
+        .map_err(|_| unauthorized("invalid Authorization header"))?;
     value
         .strip_prefix("Bearer ")
         .map(str::trim)
@@ -98,7 +108,10 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let key = bearer(&parts.headers)?;
         let acting_for = parts
             .headers
@@ -121,18 +134,28 @@ impl FromRequestParts<AppState> for Caller {
             .store
             .api_key_by_hash(&hex::encode(digest))
             .await?
-            .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown API key"))?;
+            .ok_or_else(|| {
+                ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown API key")
+            })?;
         let scope = match row.scope.as_str() {
             "merchant" => Scope::Merchant,
             "agent" => Scope::Agent,
             "operator" => Scope::Operator,
-            other => return Err(ApiError::internal(format!("stored key with unknown scope {other}"))),
+            other => {
+                return Err(ApiError::internal(format!(
+                    "stored key with unknown scope {other}"
+                )));
+            }
         };
         Ok(Caller {
             key_id: row.id,
             scope,
             tenant_id: row.tenant_id,
-            acting_for: if scope == Scope::Operator { acting_for } else { None },
+            acting_for: if scope == Scope::Operator {
+                acting_for
+            } else {
+                None
+            },
         })
     }
 }

@@ -38,26 +38,41 @@ async fn post_event(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let tenant_id = caller.merchant_tenant()?;
     if body.len() > MAX_EVENT_BYTES {
-        return Err(ApiError::too_large(format!("events are limited to {MAX_EVENT_BYTES} bytes")));
+        return Err(ApiError::too_large(format!(
+            "events are limited to {MAX_EVENT_BYTES} bytes"
+        )));
     }
-    let text = std::str::from_utf8(&body).map_err(|_| ApiError::bad_request("the body is not UTF-8"))?;
+    let text =
+        std::str::from_utf8(&body).map_err(|_| ApiError::bad_request("the body is not UTF-8"))?;
     let event = ingest::parse(text)?;
     let key = headers
         .get("idempotency-key")
-        .map(|v| v.to_str().map_err(|_| ApiError::bad_request("invalid Idempotency-Key header")))
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ApiError::bad_request("invalid Idempotency-Key header"))
+        })
         .transpose()?;
     if key.is_some_and(|k| k.is_empty() || k.len() > 256) {
-        return Err(ApiError::bad_request("Idempotency-Key must be 1-256 characters"));
+        return Err(ApiError::bad_request(
+            "Idempotency-Key must be 1-256 characters",
+        ));
     }
     let (row, new) = ingest::accept(&state.pipeline.store, tenant_id, &event, key).await?;
     if new {
+        state.pipeline.metrics.inc(
+            "tidings_events_total",
+            &[("tenant", tenant_id), ("kind", event.kind.as_str())],
+        );
         state
             .pipeline
-            .metrics
-            .inc("tidings_events_total", &[("tenant", tenant_id), ("kind", event.kind.as_str())]);
-        state
-            .pipeline
-            .audit(&row, None, "ingest", "received", &caller.key_id, json!({ "kind": event.kind, "event_id": event.id }))
+            .audit(
+                &row,
+                None,
+                "ingest",
+                "received",
+                &caller.key_id,
+                json!({ "kind": event.kind, "event_id": event.id }),
+            )
             .await?;
         state.wake.events.notify_one();
     }
@@ -71,13 +86,22 @@ struct ListQuery {
     limit: Option<i64>,
 }
 
-async fn list_events(State(state): State<AppState>, caller: Caller, Query(q): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
+async fn list_events(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
     let tenant_id = caller.merchant_tenant()?;
     let limit = page_limit(q.limit);
     let rows = state
         .pipeline
         .store
-        .events(tenant_id, q.order_id.as_deref(), q.cursor.as_deref(), limit + 1)
+        .events(
+            tenant_id,
+            q.order_id.as_deref(),
+            q.cursor.as_deref(),
+            limit + 1,
+        )
         .await?;
     let page = Page::new(rows, limit as usize, |r| r.id.clone());
     let mut items = Vec::new();

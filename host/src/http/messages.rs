@@ -52,7 +52,11 @@ struct ListQuery {
     limit: Option<i64>,
 }
 
-async fn list(State(state): State<AppState>, caller: Caller, Query(q): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
     let tenant_id = caller.merchant_tenant()?;
     let limit = page_limit(q.limit);
     let filter = MessageFilter {
@@ -61,12 +65,22 @@ async fn list(State(state): State<AppState>, caller: Caller, Query(q): Query<Lis
         channel: q.channel.as_deref(),
         before: q.cursor.as_deref(),
     };
-    let rows = state.pipeline.store.messages(tenant_id, &filter, limit + 1).await?;
+    let rows = state
+        .pipeline
+        .store
+        .messages(tenant_id, &filter, limit + 1)
+        .await?;
     let page = Page::new(rows, limit as usize, |m| m.id.clone());
-    Ok(Json(json!({ "items": page.items.iter().map(message_json).collect::<Vec<_>>(), "next": page.next })))
+    Ok(Json(
+        json!({ "items": page.items.iter().map(message_json).collect::<Vec<_>>(), "next": page.next }),
+    ))
 }
 
-async fn show(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let tenant_id = caller.merchant_tenant()?;
     let m = state
         .pipeline
@@ -77,7 +91,11 @@ async fn show(State(state): State<AppState>, caller: Caller, Path(id): Path<Stri
     let attempts = state.pipeline.store.attempts(&m.id).await?;
     let history = state.pipeline.store.message_audit(tenant_id, &m.id).await?;
     let mut out = message_json(&m);
-    out["rendered"] = m.rendered.as_deref().and_then(|r| serde_json::from_str(r).ok()).unwrap_or(Value::Null);
+    out["rendered"] = m
+        .rendered
+        .as_deref()
+        .and_then(|r| serde_json::from_str(r).ok())
+        .unwrap_or(Value::Null);
     out["attempts"] = json!(attempts
         .iter()
         .map(|a| json!({ "attempt": a.attempt, "at": rfc3339(a.at), "outcome": a.outcome, "detail": a.detail }))
@@ -86,15 +104,25 @@ async fn show(State(state): State<AppState>, caller: Caller, Path(id): Path<Stri
     Ok(Json(out))
 }
 
-async fn retry(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn retry(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let tenant_id = caller.merchant_tenant()?;
     let store = &state.pipeline.store;
-    let m = store.message(tenant_id, &id).await?.ok_or_else(|| ApiError::not_found("message"))?;
+    let m = store
+        .message(tenant_id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("message"))?;
     if !matches!(m.status.as_str(), "failed" | "dead") {
         return Err(ApiError::new(
             axum::http::StatusCode::CONFLICT,
             "conflict",
-            format!("only failed messages can be retried; this one is {}", m.status),
+            format!(
+                "only failed messages can be retried; this one is {}",
+                m.status
+            ),
         ));
     }
     store.reschedule(&m.id).await?;
@@ -111,7 +139,10 @@ async fn retry(State(state): State<AppState>, caller: Caller, Path(id): Path<Str
         })
         .await?;
     state.wake.messages.notify_one();
-    let m = store.message(tenant_id, &id).await?.ok_or_else(|| ApiError::not_found("message"))?;
+    let m = store
+        .message(tenant_id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("message"))?;
     Ok(Json(message_json(&m)))
 }
 
@@ -136,16 +167,27 @@ struct AuditQuery {
     limit: Option<i64>,
 }
 
-async fn audit(State(state): State<AppState>, caller: Caller, Query(q): Query<AuditQuery>) -> Result<Json<Value>, ApiError> {
+async fn audit(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<Value>, ApiError> {
     let tenant_id = caller.merchant_tenant()?;
     let limit = page_limit(q.limit);
     let rows = state
         .pipeline
         .store
-        .audit_trail(tenant_id, q.order_id.as_deref(), q.cursor.unwrap_or(0), limit + 1)
+        .audit_trail(
+            tenant_id,
+            q.order_id.as_deref(),
+            q.cursor.unwrap_or(0),
+            limit + 1,
+        )
         .await?;
     let page = Page::new(rows, limit as usize, |a| a.seq.to_string());
-    Ok(Json(json!({ "items": page.items.iter().map(audit_json).collect::<Vec<_>>(), "next": page.next })))
+    Ok(Json(
+        json!({ "items": page.items.iter().map(audit_json).collect::<Vec<_>>(), "next": page.next }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -154,7 +196,11 @@ struct EscalationQuery {
     open: Option<bool>,
 }
 
-async fn escalations(State(state): State<AppState>, caller: Caller, Query(q): Query<EscalationQuery>) -> Result<Json<Value>, ApiError> {
+async fn escalations(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<EscalationQuery>,
+) -> Result<Json<Value>, ApiError> {
     let tenant_id = caller.agent_tenant()?;
     let rows = state
         .pipeline

@@ -78,7 +78,10 @@ async fn component_bytes(state: &AppState, request: Request) -> Result<Bytes, Ap
                 .map_err(|e| ApiError::new(e.status(), "bad_request", e.body_text()));
         }
     }
-    Err(ApiError::invalid("component", "the multipart body has no file part"))
+    Err(ApiError::invalid(
+        "component",
+        "the multipart body has no file part",
+    ))
 }
 
 fn load_error(err: LoadError) -> ApiError {
@@ -88,7 +91,11 @@ fn load_error(err: LoadError) -> ApiError {
     }
 }
 
-async fn upload(State(state): State<AppState>, caller: Caller, request: Request) -> Result<(StatusCode, Json<Value>), ApiError> {
+async fn upload(
+    State(state): State<AppState>,
+    caller: Caller,
+    request: Request,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let owner = match caller.merchant_tenant() {
         Ok(tenant) => Some(tenant.to_owned()),
         Err(_) if caller.scope == super::Scope::Operator => None,
@@ -122,10 +129,14 @@ async fn upload(State(state): State<AppState>, caller: Caller, request: Request)
 async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
     let rows = match caller.merchant_tenant() {
         Ok(tenant) => state.pipeline.store.plugins_visible_to(tenant).await?,
-        Err(_) if caller.scope == super::Scope::Operator => state.pipeline.store.all_plugins().await?,
+        Err(_) if caller.scope == super::Scope::Operator => {
+            state.pipeline.store.all_plugins().await?
+        }
         Err(e) => return Err(e),
     };
-    Ok(Json(json!({ "items": rows.iter().map(plugin_json).collect::<Vec<_>>(), "next": null })))
+    Ok(Json(
+        json!({ "items": rows.iter().map(plugin_json).collect::<Vec<_>>(), "next": null }),
+    ))
 }
 
 async fn visible(state: &AppState, tenant_id: &str, id: &str) -> Result<PluginRow, ApiError> {
@@ -137,7 +148,11 @@ async fn visible(state: &AppState, tenant_id: &str, id: &str) -> Result<PluginRo
         .ok_or_else(|| ApiError::not_found("plugin"))
 }
 
-async fn show(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let tenant_id = caller.merchant_tenant()?;
     Ok(Json(plugin_json(&visible(&state, tenant_id, &id).await?)))
 }
@@ -154,8 +169,12 @@ struct InstallBody {
 fn validate_config(row: &PluginRow, config: &Value) -> Result<(), ApiError> {
     let info: PluginInfo = serde_json::from_str(&row.info).map_err(ApiError::internal)?;
     let schema: Value = serde_json::from_str(&info.config_schema).map_err(ApiError::internal)?;
-    let validator = jsonschema::validator_for(&schema)
-        .map_err(|e| ApiError::invalid("config", format!("the plugin's config schema is unusable: {e}")))?;
+    let validator = jsonschema::validator_for(&schema).map_err(|e| {
+        ApiError::invalid(
+            "config",
+            format!("the plugin's config schema is unusable: {e}"),
+        )
+    })?;
     if let Some(err) = validator.iter_errors(config).next() {
         let pointer = err.instance_path().to_string();
         let field = if pointer.is_empty() {
@@ -176,10 +195,18 @@ async fn install(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let tenant_id = caller.merchant_tenant()?;
     let row = visible(&state, tenant_id, &id).await?;
-    let body: InstallBody = if body.is_empty() { InstallBody { config: None } } else { parse_body(&body)? };
+    let body: InstallBody = if body.is_empty() {
+        InstallBody { config: None }
+    } else {
+        parse_body(&body)?
+    };
     let config = body.config.unwrap_or_else(|| json!({}));
     validate_config(&row, &config)?;
-    let install = state.pipeline.store.install_plugin(tenant_id, &row, &config.to_string()).await?;
+    let install = state
+        .pipeline
+        .store
+        .install_plugin(tenant_id, &row, &config.to_string())
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({
@@ -193,7 +220,11 @@ async fn install(
 }
 
 /// The config a tenant installed for a plugin of this name, if any.
-async fn installed_config(state: &AppState, tenant_id: &str, name: &str) -> Result<Option<Value>, ApiError> {
+async fn installed_config(
+    state: &AppState,
+    tenant_id: &str,
+    name: &str,
+) -> Result<Option<Value>, ApiError> {
     Ok(state
         .pipeline
         .store
@@ -213,7 +244,9 @@ fn decision_json(result: &Result<Decision, DecideError>) -> Value {
             };
             json!({ "plugin": d.plugin, "outcome": outcome, "usage": d.usage, "log": d.log })
         }
-        Err(e) => json!({ "plugin": e.plugin, "outcome": { "fault": e.fault }, "usage": e.usage, "log": e.log }),
+        Err(e) => {
+            json!({ "plugin": e.plugin, "outcome": { "fault": e.fault }, "usage": e.usage, "log": e.log })
+        }
     }
 }
 
@@ -237,18 +270,25 @@ async fn dry_run(
     let row = visible(&state, tenant_id, &id).await?;
     let body: DryRunBody = parse_body(&body)?;
     let event = ingest::parse(&body.event.to_string()).map_err(|e| match e {
-        ingest::IngestError::Invalid { field, message } => ApiError::invalid(format!("event.{field}"), message),
+        ingest::IngestError::Invalid { field, message } => {
+            ApiError::invalid(format!("event.{field}"), message)
+        }
         other => ApiError::from(other),
     })?;
     let config = match body.config {
         Some(config) => config,
-        None => installed_config(&state, tenant_id, &row.name).await?.unwrap_or_else(|| json!({})),
+        None => installed_config(&state, tenant_id, &row.name)
+            .await?
+            .unwrap_or_else(|| json!({})),
     };
     validate_config(&row, &config)?;
     let (_, settings) = state.pipeline.tenant(tenant_id).await?;
     let plugin = state.pipeline.plugin(&row.id).await?;
     let now = body.now.unwrap_or_else(Timestamp::now);
-    let (history, open_escalations) = state.pipeline.order_context(tenant_id, &event.order.id, i64::MAX).await?;
+    let (history, open_escalations) = state
+        .pipeline
+        .order_context(tenant_id, &event.order.id, i64::MAX)
+        .await?;
     let ctx = Context {
         tenant: tenant_id.to_owned(),
         now,
@@ -262,10 +302,17 @@ async fn dry_run(
         .decide(tenant_id, &plugin, &event, &ctx, &settings.limits)
         .await;
     let mut policy = Vec::new();
-    if let Ok(Decision { outcome: Ok(actions), .. }) = &result {
+    if let Ok(Decision {
+        outcome: Ok(actions),
+        ..
+    }) = &result
+    {
         for action in actions {
             if let Action::Notify(notify) = action {
-                let (verdict, _) = state.pipeline.verdict(tenant_id, &event, &settings, notify, now).await?;
+                let (verdict, _) = state
+                    .pipeline
+                    .verdict(tenant_id, &event, &settings, notify, now)
+                    .await?;
                 policy.push(json!({ "template": notify.template, "verdict": verdict }));
             }
         }
@@ -295,24 +342,40 @@ async fn replay(
     let body: ReplayBody = parse_body(&body)?;
     let config = match body.config {
         Some(config) => config,
-        None => installed_config(&state, tenant_id, &row.name).await?.unwrap_or_else(|| json!({})),
+        None => installed_config(&state, tenant_id, &row.name)
+            .await?
+            .unwrap_or_else(|| json!({})),
     };
     validate_config(&row, &config)?;
     let (_, settings) = state.pipeline.tenant(tenant_id).await?;
     let plugin = state.pipeline.plugin(&row.id).await?;
-    let events = state.pipeline.store.order_events(tenant_id, &body.order_id).await?;
+    let events = state
+        .pipeline
+        .store
+        .order_events(tenant_id, &body.order_id)
+        .await?;
     if events.is_empty() {
         return Err(ApiError::not_found("order"));
     }
     let mut out = Vec::new();
     let mut changed = 0;
     for event_row in events {
-        let event: OrderEvent = serde_json::from_str(&event_row.body).map_err(ApiError::internal)?;
-        let decisions = state.pipeline.store.decisions_for_event(&event_row.id).await?;
+        let event: OrderEvent =
+            serde_json::from_str(&event_row.body).map_err(ApiError::internal)?;
+        let decisions = state
+            .pipeline
+            .store
+            .decisions_for_event(&event_row.id)
+            .await?;
         // Replay as of the original decision: same clock, same history.
-        let decided_at = decisions.first().map_or(event_row.received_at, |d| d.created_at);
+        let decided_at = decisions
+            .first()
+            .map_or(event_row.received_at, |d| d.created_at);
         let now = Timestamp::from_millisecond(decided_at).unwrap_or_else(|_| Timestamp::now());
-        let (history, open_escalations) = state.pipeline.order_context(tenant_id, &event.order.id, decided_at).await?;
+        let (history, open_escalations) = state
+            .pipeline
+            .order_context(tenant_id, &event.order.id, decided_at)
+            .await?;
         let ctx = Context {
             tenant: tenant_id.to_owned(),
             now,
@@ -327,20 +390,32 @@ async fn replay(
             .await;
         // Compare with what the plugin of the same name decided; with no such
         // decision, with everything that was decided for the event.
-        let same_name: Vec<_> = decisions.iter().filter(|d| d.plugin_name == row.name).collect();
-        let compared = if same_name.is_empty() { decisions.iter().collect() } else { same_name };
+        let same_name: Vec<_> = decisions
+            .iter()
+            .filter(|d| d.plugin_name == row.name)
+            .collect();
+        let compared = if same_name.is_empty() {
+            decisions.iter().collect()
+        } else {
+            same_name
+        };
         let recorded: Vec<Value> = compared
             .iter()
             .filter_map(|d| serde_json::from_str::<Value>(&d.detail).ok())
             .flat_map(|d| d["actions"].as_array().cloned().unwrap_or_default())
             .collect();
         let replayed: Vec<Value> = match &result {
-            Ok(Decision { outcome: Ok(actions), .. }) => actions.iter().map(|a| json!(a)).collect(),
+            Ok(Decision {
+                outcome: Ok(actions),
+                ..
+            }) => actions.iter().map(|a| json!(a)).collect(),
             _ => Vec::new(),
         };
         let added: Vec<&Value> = replayed.iter().filter(|a| !recorded.contains(a)).collect();
         let removed: Vec<&Value> = recorded.iter().filter(|a| !replayed.contains(a)).collect();
-        let same = added.is_empty() && removed.is_empty() && result.as_ref().is_ok_and(|d| d.outcome.is_ok());
+        let same = added.is_empty()
+            && removed.is_empty()
+            && result.as_ref().is_ok_and(|d| d.outcome.is_ok());
         if !same {
             changed += 1;
         }

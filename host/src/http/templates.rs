@@ -26,15 +26,24 @@ pub fn router() -> Router<AppState> {
 fn valid_name(field: &str, value: &str) -> Result<(), ApiError> {
     let ok = !value.is_empty()
         && value.len() <= 128
-        && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok { Ok(()) } else { Err(ApiError::invalid(field, "must be 1-128 letters, digits, `-`, `_` or `.`")) }
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            field,
+            "must be 1-128 letters, digits, `-`, `_` or `.`",
+        ))
+    }
 }
 
 fn render_error(err: RenderError) -> ApiError {
     match &err {
-        RenderError::Syntax { part, .. } | RenderError::Render { part, .. } | RenderError::MissingPart { part } => {
-            ApiError::invalid(*part, err.to_string())
-        }
+        RenderError::Syntax { part, .. }
+        | RenderError::Render { part, .. }
+        | RenderError::MissingPart { part } => ApiError::invalid(*part, err.to_string()),
         _ => ApiError::invalid("template", err.to_string()),
     }
 }
@@ -48,8 +57,9 @@ async fn put_template(
     let tenant_id = caller.merchant_tenant()?;
     valid_name("name", &name)?;
     valid_name("locale", &locale)?;
-    let channel_value: Channel =
-        parse_enum(&channel).ok_or_else(|| ApiError::invalid("channel", "must be email, sms, whatsapp, push or webhook"))?;
+    let channel_value: Channel = parse_enum(&channel).ok_or_else(|| {
+        ApiError::invalid("channel", "must be email, sms, whatsapp, push or webhook")
+    })?;
     let parts: TemplateParts = parse_body(&body)?;
     render::validate(&parts, channel_value).map_err(render_error)?;
     render::check_complete(&name, &parts, channel_value).map_err(render_error)?;
@@ -66,7 +76,9 @@ async fn put_template(
             parts.html.as_deref(),
         )
         .await?;
-    Ok(Json(json!({ "name": name, "channel": channel, "locale": locale, "parts": parts })))
+    Ok(Json(
+        json!({ "name": name, "channel": channel, "locale": locale, "parts": parts }),
+    ))
 }
 
 async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
@@ -99,19 +111,37 @@ struct PreviewBody {
     data: BTreeMap<String, String>,
 }
 
-async fn preview(State(state): State<AppState>, caller: Caller, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn preview(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     let tenant_id = caller.merchant_tenant()?;
     let body: PreviewBody = parse_body(&body)?;
     let event = ingest::parse(&body.event.to_string()).map_err(|e| match e {
-        ingest::IngestError::Invalid { field, message } => ApiError::invalid(format!("event.{field}"), message),
+        ingest::IngestError::Invalid { field, message } => {
+            ApiError::invalid(format!("event.{field}"), message)
+        }
         other => ApiError::from(other),
     })?;
     let (tenant, settings) = state.pipeline.tenant(tenant_id).await?;
     let channel = crate::pipeline::enum_str(&body.channel);
     let mut templates = TemplateSet::new();
-    for t in state.pipeline.store.templates_for(tenant_id, &body.template, &channel).await? {
+    for t in state
+        .pipeline
+        .store
+        .templates_for(tenant_id, &body.template, &channel)
+        .await?
+    {
         if let Some(c) = parse_enum::<Channel>(&t.channel) {
-            templates.insert((t.name, c, t.locale), TemplateParts { subject: t.subject, text: t.text, html: t.html });
+            templates.insert(
+                (t.name, c, t.locale),
+                TemplateParts {
+                    subject: t.subject,
+                    text: t.text,
+                    html: t.html,
+                },
+            );
         }
     }
     let shop = settings.shop.info();

@@ -41,17 +41,25 @@ fn tenant_json(t: &crate::store::TenantRow, settings: &TenantSettings) -> Value 
 }
 
 fn check_settings(value: &Value) -> Result<TenantSettings, ApiError> {
-    TenantSettings::from_json(&value.to_string()).map_err(|e| ApiError::invalid(format!("settings.{}", e.path), e.message))
+    TenantSettings::from_json(&value.to_string())
+        .map_err(|e| ApiError::invalid(format!("settings.{}", e.path), e.message))
 }
 
-async fn create_tenant(State(state): State<AppState>, caller: Caller, body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
+async fn create_tenant(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require_operator()?;
     let new: NewTenant = parse_body(&body)?;
     if new.name.trim().is_empty() {
         return Err(ApiError::invalid("name", "must not be empty"));
     }
     if jiff::tz::TimeZone::get(&new.timezone).is_err() {
-        return Err(ApiError::invalid("timezone", format!("`{}` is not an IANA timezone", new.timezone)));
+        return Err(ApiError::invalid(
+            "timezone",
+            format!("`{}` is not an IANA timezone", new.timezone),
+        ));
     }
     if new.default_locale.trim().is_empty() {
         return Err(ApiError::invalid("default_locale", "must not be empty"));
@@ -61,7 +69,12 @@ async fn create_tenant(State(state): State<AppState>, caller: Caller, body: Byte
     let tenant = state
         .pipeline
         .store
-        .create_tenant(&new.name, &new.timezone, &new.default_locale, &settings_value)
+        .create_tenant(
+            &new.name,
+            &new.timezone,
+            &new.default_locale,
+            &settings_value,
+        )
         .await?;
     Ok((StatusCode::CREATED, Json(tenant_json(&tenant, &settings))))
 }
@@ -92,20 +105,34 @@ async fn create_key(
         .store
         .insert_api_key(Some(&tenant_id), &new.scope, &hash_key(&key))
         .await?;
-    Ok((StatusCode::CREATED, Json(json!({ "id": id, "key": key, "scope": new.scope, "tenant_id": tenant_id }))))
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "id": id, "key": key, "scope": new.scope, "tenant_id": tenant_id })),
+    ))
 }
 
-async fn get_settings(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+async fn get_settings(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Value>, ApiError> {
     let tenant_id = caller.merchant_tenant()?;
     let (tenant, settings) = state.pipeline.tenant(tenant_id).await?;
     Ok(Json(tenant_json(&tenant, &settings)))
 }
 
-async fn put_settings(State(state): State<AppState>, caller: Caller, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn put_settings(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     let tenant_id = caller.merchant_tenant()?;
     let value: Value = parse_body(&body)?;
     check_settings(&value)?;
-    state.pipeline.store.set_tenant_settings(tenant_id, &value).await?;
+    state
+        .pipeline
+        .store
+        .set_tenant_settings(tenant_id, &value)
+        .await?;
     let (tenant, settings) = state.pipeline.tenant(tenant_id).await?;
     Ok(Json(tenant_json(&tenant, &settings)))
 }

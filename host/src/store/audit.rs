@@ -70,7 +70,13 @@ impl Store {
     }
 
     /// A tenant's audit trail, in order, optionally for one order; `after` is a sequence cursor.
-    pub async fn audit_trail(&self, tenant_id: &str, order_id: Option<&str>, after: i64, limit: i64) -> Result<Vec<AuditRow>, StoreError> {
+    pub async fn audit_trail(
+        &self,
+        tenant_id: &str,
+        order_id: Option<&str>,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditRow>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT seq, order_id, event_id, message_id, stage, action, actor, detail, at FROM audit_log
              WHERE tenant_id = $1 AND ($2 = '' OR order_id = $2) AND seq > $3 ORDER BY seq LIMIT $4",
@@ -86,7 +92,11 @@ impl Store {
 
 impl Store {
     /// The audit entries about one message, in order.
-    pub async fn message_audit(&self, tenant_id: &str, message_id: &str) -> Result<Vec<AuditRow>, StoreError> {
+    pub async fn message_audit(
+        &self,
+        tenant_id: &str,
+        message_id: &str,
+    ) -> Result<Vec<AuditRow>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT seq, order_id, event_id, message_id, stage, action, actor, detail, at FROM audit_log
              WHERE tenant_id = $1 AND message_id = $2 ORDER BY seq",

@@ -49,8 +49,7 @@ pub struct NewEvent<'a> {
     pub body: &'a str,
 }
 
-const EVENT_COLUMNS: &str =
-    "id, tenant_id, external_id, idempotency_key, order_id, kind, occurred_at, received_at, body, status";
+const EVENT_COLUMNS: &str = "id, tenant_id, external_id, idempotency_key, order_id, kind, occurred_at, received_at, body, status";
 
 impl Store {
     /// Store an event unless one with the same idempotency key exists.
@@ -88,7 +87,11 @@ impl Store {
 
     /// Lease up to `limit` events waiting to be processed (or whose lease
     /// expired) for `lease_ms`, oldest first.
-    pub async fn lease_events(&self, limit: i64, lease_ms: i64) -> Result<Vec<EventRow>, StoreError> {
+    pub async fn lease_events(
+        &self,
+        limit: i64,
+        lease_ms: i64,
+    ) -> Result<Vec<EventRow>, StoreError> {
         let now = now_ms();
         let query = format!(
             "UPDATE events SET lease_until = $1
@@ -120,11 +123,13 @@ impl Store {
 
     /// One event of a tenant.
     pub async fn event(&self, tenant_id: &str, id: &str) -> Result<Option<EventRow>, StoreError> {
-        Ok(sqlx::query_as(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = $1 AND id = $2"))
-            .bind(tenant_id)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(sqlx::query_as(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = $1 AND id = $2"
+        ))
+        .bind(tenant_id)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     /// A tenant's events, newest first, optionally for one order; `after` is
@@ -150,7 +155,11 @@ impl Store {
     }
 
     /// An order's events in the order they were received (for replay).
-    pub async fn order_events(&self, tenant_id: &str, order_id: &str) -> Result<Vec<EventRow>, StoreError> {
+    pub async fn order_events(
+        &self,
+        tenant_id: &str,
+        order_id: &str,
+    ) -> Result<Vec<EventRow>, StoreError> {
         Ok(sqlx::query_as(&format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = $1 AND order_id = $2 ORDER BY received_at, id"
         ))

@@ -241,16 +241,27 @@ impl Store {
     }
 
     /// One message of a tenant.
-    pub async fn message(&self, tenant_id: &str, id: &str) -> Result<Option<MessageRow>, StoreError> {
-        Ok(sqlx::query_as(&format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant_id = $1 AND id = $2"))
-            .bind(tenant_id)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?)
+    pub async fn message(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<MessageRow>, StoreError> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant_id = $1 AND id = $2"
+        ))
+        .bind(tenant_id)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     /// A tenant's messages, newest first.
-    pub async fn messages(&self, tenant_id: &str, f: &MessageFilter<'_>, limit: i64) -> Result<Vec<MessageRow>, StoreError> {
+    pub async fn messages(
+        &self,
+        tenant_id: &str,
+        f: &MessageFilter<'_>,
+        limit: i64,
+    ) -> Result<Vec<MessageRow>, StoreError> {
         Ok(sqlx::query_as(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages
              WHERE tenant_id = $1 AND ($2 = '' OR order_id = $2) AND ($3 = '' OR status = $3)
@@ -268,7 +279,11 @@ impl Store {
     }
 
     /// Messages already sent or scheduled for an order: the plugin's history.
-    pub async fn order_history(&self, tenant_id: &str, order_id: &str) -> Result<Vec<MessageRow>, StoreError> {
+    pub async fn order_history(
+        &self,
+        tenant_id: &str,
+        order_id: &str,
+    ) -> Result<Vec<MessageRow>, StoreError> {
         Ok(sqlx::query_as(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages
              WHERE tenant_id = $1 AND order_id = $2 AND status IN ('scheduled', 'sending', 'sent', 'held')
@@ -281,7 +296,11 @@ impl Store {
     }
 
     /// When a message with `dedupe_key` was last accepted (not suppressed or cancelled).
-    pub async fn last_dedupe(&self, tenant_id: &str, dedupe_key: &str) -> Result<Option<i64>, StoreError> {
+    pub async fn last_dedupe(
+        &self,
+        tenant_id: &str,
+        dedupe_key: &str,
+    ) -> Result<Option<i64>, StoreError> {
         let row: Option<(Option<i64>,)> = sqlx::query_as(
             "SELECT MAX(created_at) FROM messages
              WHERE tenant_id = $1 AND dedupe_key = $2 AND status NOT IN ('suppressed', 'cancelled')",
@@ -294,7 +313,12 @@ impl Store {
     }
 
     /// Marketing messages accepted for a customer since `since_ms`.
-    pub async fn marketing_count(&self, tenant_id: &str, customer_id: &str, since_ms: i64) -> Result<i64, StoreError> {
+    pub async fn marketing_count(
+        &self,
+        tenant_id: &str,
+        customer_id: &str,
+        since_ms: i64,
+    ) -> Result<i64, StoreError> {
         let (count,): (i64,) = sqlx::query_as(
             "SELECT COUNT(*) FROM messages
              WHERE tenant_id = $1 AND customer_id = $2 AND category = 'marketing'
@@ -310,7 +334,12 @@ impl Store {
 
     /// Lease due messages for `owner` for `lease_ms`: scheduled ones whose time
     /// has come, and `sending` ones whose lease expired (a worker died).
-    pub async fn lease_due_messages(&self, owner: &str, limit: i64, lease_ms: i64) -> Result<Vec<MessageRow>, StoreError> {
+    pub async fn lease_due_messages(
+        &self,
+        owner: &str,
+        limit: i64,
+        lease_ms: i64,
+    ) -> Result<Vec<MessageRow>, StoreError> {
         let now = now_ms();
         let query = format!(
             "UPDATE messages SET status = 'sending', lease_owner = $1, lease_until = $2, updated_at = $3
@@ -387,7 +416,12 @@ impl Store {
 
     /// Record a cancel key (durably: it also cancels messages that arrive
     /// later) and cancel pending messages carrying it. Returns their ids.
-    pub async fn cancel_key(&self, tenant_id: &str, cancel_key: &str, event_id: &str) -> Result<Vec<String>, StoreError> {
+    pub async fn cancel_key(
+        &self,
+        tenant_id: &str,
+        cancel_key: &str,
+        event_id: &str,
+    ) -> Result<Vec<String>, StoreError> {
         let now = now_ms();
         sqlx::query(
             "INSERT INTO cancel_keys (tenant_id, cancel_key, event_id, cancelled_at) VALUES ($1, $2, $3, $4)
@@ -414,18 +448,27 @@ impl Store {
     }
 
     /// Whether `cancel_key` was cancelled.
-    pub async fn is_cancelled(&self, tenant_id: &str, cancel_key: &str) -> Result<bool, StoreError> {
-        let row: Option<(String,)> =
-            sqlx::query_as("SELECT cancel_key FROM cancel_keys WHERE tenant_id = $1 AND cancel_key = $2")
-                .bind(tenant_id)
-                .bind(cancel_key)
-                .fetch_optional(&self.pool)
-                .await?;
+    pub async fn is_cancelled(
+        &self,
+        tenant_id: &str,
+        cancel_key: &str,
+    ) -> Result<bool, StoreError> {
+        let row: Option<(String,)> = sqlx::query_as(
+            "SELECT cancel_key FROM cancel_keys WHERE tenant_id = $1 AND cancel_key = $2",
+        )
+        .bind(tenant_id)
+        .bind(cancel_key)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row.is_some())
     }
 
     /// Channels among `candidates` whose address is on the suppression list.
-    pub async fn suppressed(&self, tenant_id: &str, candidates: &[(String, String)]) -> Result<Vec<String>, StoreError> {
+    pub async fn suppressed(
+        &self,
+        tenant_id: &str,
+        candidates: &[(String, String)],
+    ) -> Result<Vec<String>, StoreError> {
         let mut out = Vec::new();
         for (channel, address) in candidates {
             let row: Option<(String,)> = sqlx::query_as(
@@ -444,7 +487,13 @@ impl Store {
     }
 
     /// Put an address on the tenant's suppression list.
-    pub async fn suppress(&self, tenant_id: &str, channel: &str, address: &str, reason: &str) -> Result<(), StoreError> {
+    pub async fn suppress(
+        &self,
+        tenant_id: &str,
+        channel: &str,
+        address: &str,
+        reason: &str,
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO suppressions (tenant_id, channel, address, reason, created_at) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (tenant_id, channel, address) DO UPDATE SET reason = excluded.reason",
@@ -462,7 +511,10 @@ impl Store {
     /// Open a ticket, or merge into the open one for the same order and queue
     /// (raising its priority if the new one is higher). Returns the ticket id
     /// and whether it is new.
-    pub async fn open_escalation(&self, e: &NewEscalation<'_>) -> Result<(String, bool), StoreError> {
+    pub async fn open_escalation(
+        &self,
+        e: &NewEscalation<'_>,
+    ) -> Result<(String, bool), StoreError> {
         let now = now_ms();
         let open: Option<EscalationRow> = sqlx::query_as(
             "SELECT * FROM escalations WHERE tenant_id = $1 AND order_id = $2 AND queue = $3
@@ -474,15 +526,26 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         if let Some(open) = open {
-            let rank = |p: &str| ["low", "normal", "high", "urgent"].iter().position(|x| *x == p).unwrap_or(1);
-            let priority = if rank(e.priority) > rank(&open.priority) { e.priority } else { open.priority.as_str() };
-            sqlx::query("UPDATE escalations SET priority = $1, reason = $2, updated_at = $3 WHERE id = $4")
-                .bind(priority)
-                .bind(format!("{}\n{}", open.reason, e.reason))
-                .bind(now)
-                .bind(&open.id)
-                .execute(&self.pool)
-                .await?;
+            let rank = |p: &str| {
+                ["low", "normal", "high", "urgent"]
+                    .iter()
+                    .position(|x| *x == p)
+                    .unwrap_or(1)
+            };
+            let priority = if rank(e.priority) > rank(&open.priority) {
+                e.priority
+            } else {
+                open.priority.as_str()
+            };
+            sqlx::query(
+                "UPDATE escalations SET priority = $1, reason = $2, updated_at = $3 WHERE id = $4",
+            )
+            .bind(priority)
+            .bind(format!("{}\n{}", open.reason, e.reason))
+            .bind(now)
+            .bind(&open.id)
+            .execute(&self.pool)
+            .await?;
             return Ok((open.id, false));
         }
         let id = new_id("esc");
@@ -507,7 +570,12 @@ impl Store {
     }
 
     /// A tenant's escalations, newest first, optionally only open ones of an order.
-    pub async fn escalations(&self, tenant_id: &str, order_id: Option<&str>, open_only: bool) -> Result<Vec<EscalationRow>, StoreError> {
+    pub async fn escalations(
+        &self,
+        tenant_id: &str,
+        order_id: Option<&str>,
+        open_only: bool,
+    ) -> Result<Vec<EscalationRow>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT * FROM escalations WHERE tenant_id = $1 AND ($2 = '' OR order_id = $2)
              AND ($3 = 0 OR status IN ('open', 'acknowledged')) ORDER BY id DESC LIMIT 500",
@@ -547,7 +615,10 @@ pub struct DecisionRow {
 
 impl Store {
     /// The decisions taken on an event, in order.
-    pub async fn decisions_for_event(&self, event_id: &str) -> Result<Vec<DecisionRow>, StoreError> {
+    pub async fn decisions_for_event(
+        &self,
+        event_id: &str,
+    ) -> Result<Vec<DecisionRow>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT id, event_id, plugin_id, plugin_name, plugin_version, outcome, detail, fuel, duration_us, created_at
              FROM decisions WHERE event_id = $1 ORDER BY created_at, id",

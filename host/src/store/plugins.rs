@@ -44,7 +44,8 @@ pub struct InstallRow {
     pub created_at: i64,
 }
 
-const PLUGIN_COLUMNS: &str = "id, tenant_id, name, version, sha256, size, contract, info, created_at";
+const PLUGIN_COLUMNS: &str =
+    "id, tenant_id, name, version, sha256, size, contract, info, created_at";
 
 impl Store {
     /// Store an uploaded plugin. A second upload of the same name and version
@@ -92,7 +93,11 @@ impl Store {
     }
 
     /// A plugin visible to `tenant_id`: its own, or from the shared catalog.
-    pub async fn plugin_visible_to(&self, tenant_id: &str, id: &str) -> Result<Option<PluginRow>, StoreError> {
+    pub async fn plugin_visible_to(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<PluginRow>, StoreError> {
         Ok(sqlx::query_as(&format!(
             "SELECT {PLUGIN_COLUMNS} FROM plugins WHERE id = $1 AND (tenant_id = $2 OR tenant_id IS NULL)"
         ))
@@ -114,9 +119,11 @@ impl Store {
 
     /// Every plugin (for the operator).
     pub async fn all_plugins(&self) -> Result<Vec<PluginRow>, StoreError> {
-        Ok(sqlx::query_as(&format!("SELECT {PLUGIN_COLUMNS} FROM plugins ORDER BY name, created_at"))
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(sqlx::query_as(&format!(
+            "SELECT {PLUGIN_COLUMNS} FROM plugins ORDER BY name, created_at"
+        ))
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// The component bytes of a plugin.
@@ -130,7 +137,12 @@ impl Store {
 
     /// Install `plugin` for `tenant_id` with `config`, replacing an install of
     /// another version of the same plugin.
-    pub async fn install_plugin(&self, tenant_id: &str, plugin: &PluginRow, config: &str) -> Result<InstallRow, StoreError> {
+    pub async fn install_plugin(
+        &self,
+        tenant_id: &str,
+        plugin: &PluginRow,
+        config: &str,
+    ) -> Result<InstallRow, StoreError> {
         let row = InstallRow {
             id: new_id("ins"),
             tenant_id: tenant_id.to_owned(),
@@ -158,9 +170,11 @@ impl Store {
 
     /// A tenant's installs, oldest first.
     pub async fn installs(&self, tenant_id: &str) -> Result<Vec<InstallRow>, StoreError> {
-        Ok(sqlx::query_as("SELECT * FROM plugin_installs WHERE tenant_id = $1 ORDER BY created_at, id")
-            .bind(tenant_id)
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(sqlx::query_as(
+            "SELECT * FROM plugin_installs WHERE tenant_id = $1 ORDER BY created_at, id",
+        )
+        .bind(tenant_id)
+        .fetch_all(&self.pool)
+        .await?)
     }
 }

@@ -94,7 +94,11 @@ impl Store {
     }
 
     /// Replace a tenant's settings document.
-    pub async fn set_tenant_settings(&self, id: &str, settings: &serde_json::Value) -> Result<(), StoreError> {
+    pub async fn set_tenant_settings(
+        &self,
+        id: &str,
+        settings: &serde_json::Value,
+    ) -> Result<(), StoreError> {
         sqlx::query("UPDATE tenants SET settings = $1 WHERE id = $2")
             .bind(settings.to_string())
             .bind(id)
@@ -104,7 +108,12 @@ impl Store {
     }
 
     /// Store a key's hash with its scope.
-    pub async fn insert_api_key(&self, tenant_id: Option<&str>, scope: &str, key_hash: &str) -> Result<String, StoreError> {
+    pub async fn insert_api_key(
+        &self,
+        tenant_id: Option<&str>,
+        scope: &str,
+        key_hash: &str,
+    ) -> Result<String, StoreError> {
         let id = new_id("key");
         sqlx::query("INSERT INTO api_keys (id, tenant_id, scope, key_hash, created_at) VALUES ($1, $2, $3, $4, $5)")
             .bind(&id)
@@ -120,10 +129,12 @@ impl Store {
 
     /// The key with this hash.
     pub async fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRow>, StoreError> {
-        Ok(sqlx::query_as("SELECT id, tenant_id, scope FROM api_keys WHERE key_hash = $1")
-            .bind(key_hash)
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_as("SELECT id, tenant_id, scope FROM api_keys WHERE key_hash = $1")
+                .bind(key_hash)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     /// Create or replace a template.
@@ -170,7 +181,12 @@ impl Store {
     }
 
     /// Every locale of `name` on `channel`, plus the email layouts: what one render may need.
-    pub async fn templates_for(&self, tenant_id: &str, name: &str, channel: &str) -> Result<Vec<TemplateRow>, StoreError> {
+    pub async fn templates_for(
+        &self,
+        tenant_id: &str,
+        name: &str,
+        channel: &str,
+    ) -> Result<Vec<TemplateRow>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT name, channel, locale, subject, text, html, updated_at FROM templates
              WHERE tenant_id = $1 AND ((name = $2 AND channel = $3) OR (name = 'layout' AND channel = 'email'))",

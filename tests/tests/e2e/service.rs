@@ -43,6 +43,7 @@ on_both_backends!(
     two_plugins_asking_for_the_same_notice_send_it_once,
     templates_are_validated_and_previewed,
     metrics_and_health_are_served,
+    plugins_upload_as_raw_bytes_or_multipart_within_the_size_limit,
 );
 
 /// The sample event of `kind` for `order_id`.
@@ -67,7 +68,12 @@ async fn shop(service: &TestService) -> (String, String) {
 fn statuses(messages: &[Value]) -> Vec<(String, String)> {
     messages
         .iter()
-        .map(|m| (m["template"].as_str().unwrap_or("").to_owned(), m["status"].as_str().unwrap_or("").to_owned()))
+        .map(|m| {
+            (
+                m["template"].as_str().unwrap_or("").to_owned(),
+                m["status"].as_str().unwrap_or("").to_owned(),
+            )
+        })
         .collect()
 }
 
@@ -94,31 +100,71 @@ async fn a_lifecycle_becomes_rendered_emails_and_an_audit_trail(db: Db) {
         ("order-delivered", "sent"),
         ("feedback-request", "scheduled"),
     ] {
-        assert!(got.contains(&(expected.0.into(), expected.1.into())), "missing {expected:?} in {got:?}");
+        assert!(
+            got.contains(&(expected.0.into(), expected.1.into())),
+            "missing {expected:?} in {got:?}"
+        );
     }
 
     // The email went out in Italian, with both parts, as one .eml per message.
-    let shipped = messages.iter().find(|m| m["template"] == "order-shipped").expect("shipped");
+    let shipped = messages
+        .iter()
+        .find(|m| m["template"] == "order-shipped")
+        .expect("shipped");
     let (_, detail) = service
-        .call(Method::GET, &format!("/v1/messages/{}", shipped["id"].as_str().expect("id")), Some(&key), None)
+        .call(
+            Method::GET,
+            &format!("/v1/messages/{}", shipped["id"].as_str().expect("id")),
+            Some(&key),
+            None,
+        )
         .await;
     assert_eq!(detail["rendered"]["locale"], "it");
     assert_eq!(detail["attempts"][0]["outcome"], "sent");
-    let eml = std::fs::read_to_string(service.outbox.join(format!("{}.eml", shipped["id"].as_str().expect("id"))))
-        .expect("one .eml per message");
+    let eml = std::fs::read_to_string(
+        service
+            .outbox
+            .join(format!("{}.eml", shipped["id"].as_str().expect("id"))),
+    )
+    .expect("one .eml per message");
     assert!(eml.contains("To: giulia.rossi@example.com"), "{eml}");
-    assert!(eml.contains("multipart/alternative") && eml.contains("text/html"), "{eml}");
+    assert!(
+        eml.contains("multipart/alternative") && eml.contains("text/html"),
+        "{eml}"
+    );
     assert!(eml.contains("BRT123456789IT"), "{eml}");
 
     // The audit trail shows every stage, in order.
-    let (_, audit) = service.call(Method::GET, "/v1/audit?order_id=ord_1&limit=500", Some(&key), None).await;
-    let stages: Vec<&str> = audit["items"].as_array().expect("items").iter().filter_map(|a| a["stage"].as_str()).collect();
-    let first = |s: &str| stages.iter().position(|x| *x == s).unwrap_or_else(|| panic!("no {s} in {stages:?}"));
+    let (_, audit) = service
+        .call(
+            Method::GET,
+            "/v1/audit?order_id=ord_1&limit=500",
+            Some(&key),
+            None,
+        )
+        .await;
+    let stages: Vec<&str> = audit["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|a| a["stage"].as_str())
+        .collect();
+    let first = |s: &str| {
+        stages
+            .iter()
+            .position(|x| *x == s)
+            .unwrap_or_else(|| panic!("no {s} in {stages:?}"))
+    };
     assert!(first("ingest") < first("decide"));
     assert!(first("decide") < first("policy"));
     assert!(first("policy") < first("render"));
     assert!(first("render") < first("dispatch"));
-    let decided = audit["items"].as_array().expect("items").iter().find(|a| a["stage"] == "decide").expect("a decision");
+    let decided = audit["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|a| a["stage"] == "decide")
+        .expect("a decision");
     assert_eq!(decided["detail"]["plugin"]["name"], "standard-lifecycle");
     assert!(decided["detail"]["usage"]["fuel"].as_u64().expect("fuel") > 0);
 }
@@ -129,21 +175,46 @@ async fn a_retried_event_is_stored_once(db: Db) {
     let e = event(EventKind::OrderCreated, "ord_2");
     let (first_status, first) = service.post_event(&key, &e).await;
     let (second_status, second) = service.post_event(&key, &e).await;
-    assert_eq!((first_status, second_status), (StatusCode::ACCEPTED, StatusCode::ACCEPTED));
+    assert_eq!(
+        (first_status, second_status),
+        (StatusCode::ACCEPTED, StatusCode::ACCEPTED)
+    );
     assert_eq!(first["id"], second["id"]);
-    assert_eq!((first["duplicate"].clone(), second["duplicate"].clone()), (json!(false), json!(true)));
+    assert_eq!(
+        (first["duplicate"].clone(), second["duplicate"].clone()),
+        (json!(false), json!(true))
+    );
 
     // The Idempotency-Key header wins over the event id.
     let body = serde_json::to_vec(&event(EventKind::OrderPaid, "ord_2")).expect("json");
-    let headers = [("idempotency-key", "retry-42"), ("content-type", "application/json")];
-    let (_, a) = service.call_raw(Method::POST, "/v1/events", Some(&key), &headers, body.clone()).await;
+    let headers = [
+        ("idempotency-key", "retry-42"),
+        ("content-type", "application/json"),
+    ];
+    let (_, a) = service
+        .call_raw(
+            Method::POST,
+            "/v1/events",
+            Some(&key),
+            &headers,
+            body.clone(),
+        )
+        .await;
     let mut other = event(EventKind::OrderPaid, "ord_2");
     other.id = "a-different-id".into();
     let (_, b) = service
-        .call_raw(Method::POST, "/v1/events", Some(&key), &headers, serde_json::to_vec(&other).expect("json"))
+        .call_raw(
+            Method::POST,
+            "/v1/events",
+            Some(&key),
+            &headers,
+            serde_json::to_vec(&other).expect("json"),
+        )
         .await;
     assert_eq!(a["id"], b["id"]);
-    let (_, list) = service.call(Method::GET, "/v1/events?order_id=ord_2", Some(&key), None).await;
+    let (_, list) = service
+        .call(Method::GET, "/v1/events?order_id=ord_2", Some(&key), None)
+        .await;
     assert_eq!(list["items"].as_array().expect("items").len(), 2);
 }
 
@@ -152,7 +223,11 @@ async fn bad_requests_get_precise_errors(db: Db) {
     let (tenant, key) = service.tenant("Shop", json!({})).await;
     let post = |body: Vec<u8>, key: Option<String>| {
         let service = &service;
-        async move { service.call_raw(Method::POST, "/v1/events", key.as_deref(), &[], body).await }
+        async move {
+            service
+                .call_raw(Method::POST, "/v1/events", key.as_deref(), &[], body)
+                .await
+        }
     };
     let (status, body) = post(b"{\"id\": ".to_vec(), Some(key.clone())).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
@@ -176,19 +251,34 @@ async fn bad_requests_get_precise_errors(db: Db) {
 
     let valid = serde_json::to_vec(&event(EventKind::OrderCreated, "o")).expect("json");
     assert_eq!(post(valid.clone(), None).await.0, StatusCode::UNAUTHORIZED);
-    assert_eq!(post(valid.clone(), Some("tdg_nope".into())).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        post(valid.clone(), Some("tdg_nope".into())).await.0,
+        StatusCode::UNAUTHORIZED
+    );
     let agent = service.key(&tenant, "agent").await;
-    assert_eq!(post(valid.clone(), Some(agent)).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(
+        post(valid.clone(), Some(agent)).await.0,
+        StatusCode::FORBIDDEN
+    );
     // Merchants cannot create tenants.
     let (status, _) = service
-        .call(Method::POST, "/v1/tenants", Some(&key), Some(json!({"name": "x", "timezone": "UTC", "default_locale": "en"})))
+        .call(
+            Method::POST,
+            "/v1/tenants",
+            Some(&key),
+            Some(json!({"name": "x", "timezone": "UTC", "default_locale": "en"})),
+        )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     // Nothing malformed was stored.
-    let (_, list) = service.call(Method::GET, "/v1/events", Some(&key), None).await;
+    let (_, list) = service
+        .call(Method::GET, "/v1/events", Some(&key), None)
+        .await;
     assert_eq!(list["items"].as_array().expect("items").len(), 0);
     // 5xx-free error bodies carry a code and a message.
-    let (status, body) = service.call(Method::GET, "/v1/messages/msg_missing", Some(&key), None).await;
+    let (status, body) = service
+        .call(Method::GET, "/v1/messages/msg_missing", Some(&key), None)
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["error"]["code"], "not_found");
 }
@@ -198,10 +288,15 @@ async fn a_merchant_never_sees_another_tenants_data(db: Db) {
     let (_, key_a) = service.tenant("A", json!({})).await;
     let (tenant_b, key_b) = shop(&service).await;
     let plugin_b = service.upload(&key_b, guests::VIP_CONCIERGE).await;
-    service.post_event(&key_b, &event(EventKind::OrderCreated, "ord_b")).await;
+    service
+        .post_event(&key_b, &event(EventKind::OrderCreated, "ord_b"))
+        .await;
     service.run_workers().await;
     let b_messages = service.messages(&key_b, "ord_b").await;
-    let message_b = b_messages[0]["id"].as_str().expect("B has a message").to_owned();
+    let message_b = b_messages[0]["id"]
+        .as_str()
+        .expect("B has a message")
+        .to_owned();
 
     for path in [
         "/v1/events".to_owned(),
@@ -214,9 +309,15 @@ async fn a_merchant_never_sees_another_tenants_data(db: Db) {
     ] {
         let (status, body) = service.call(Method::GET, &path, Some(&key_a), None).await;
         assert_eq!(status, StatusCode::OK, "{path}");
-        assert_eq!(body["items"], json!([]), "A sees B's data at {path}: {body}");
+        assert_eq!(
+            body["items"],
+            json!([]),
+            "A sees B's data at {path}: {body}"
+        );
     }
-    let (_, plugins) = service.call(Method::GET, "/v1/plugins", Some(&key_a), None).await;
+    let (_, plugins) = service
+        .call(Method::GET, "/v1/plugins", Some(&key_a), None)
+        .await;
     assert_eq!(plugins["items"], json!([]), "A sees B's plugins");
     for (method, path) in [
         (Method::GET, format!("/v1/messages/{message_b}")),
@@ -224,59 +325,116 @@ async fn a_merchant_never_sees_another_tenants_data(db: Db) {
         (Method::GET, format!("/v1/plugins/{plugin_b}")),
         (Method::POST, format!("/v1/plugins/{plugin_b}/install")),
     ] {
-        let (status, _) = service.call(method.clone(), &path, Some(&key_a), Some(json!({}))).await;
+        let (status, _) = service
+            .call(method.clone(), &path, Some(&key_a), Some(json!({})))
+            .await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}");
     }
     let dry_run = json!({ "event": event(EventKind::OrderCreated, "x") });
-    let (status, _) = service.call(Method::POST, &format!("/v1/plugins/{plugin_b}/dry-run"), Some(&key_a), Some(dry_run)).await;
+    let (status, _) = service
+        .call(
+            Method::POST,
+            &format!("/v1/plugins/{plugin_b}/dry-run"),
+            Some(&key_a),
+            Some(dry_run),
+        )
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, _) = service
-        .call(Method::POST, &format!("/v1/plugins/{plugin_b}/replay"), Some(&key_a), Some(json!({ "order_id": "ord_b" })))
+        .call(
+            Method::POST,
+            &format!("/v1/plugins/{plugin_b}/replay"),
+            Some(&key_a),
+            Some(json!({ "order_id": "ord_b" })),
+        )
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     // A merchant key cannot pick another tenant with X-Tenant-Id either.
     let (_, body) = service
-        .call_raw(Method::GET, "/v1/messages", Some(&key_a), &[("x-tenant-id", tenant_b.as_str())], Vec::new())
+        .call_raw(
+            Method::GET,
+            "/v1/messages",
+            Some(&key_a),
+            &[("x-tenant-id", tenant_b.as_str())],
+            Vec::new(),
+        )
         .await;
     assert_eq!(body["items"], json!([]));
     // The same order id in A is A's own.
-    service.post_event(&key_a, &event(EventKind::OrderCreated, "ord_b")).await;
-    let (_, events_b) = service.call(Method::GET, "/v1/events?order_id=ord_b", Some(&key_b), None).await;
+    service
+        .post_event(&key_a, &event(EventKind::OrderCreated, "ord_b"))
+        .await;
+    let (_, events_b) = service
+        .call(Method::GET, "/v1/events?order_id=ord_b", Some(&key_b), None)
+        .await;
     assert_eq!(events_b["items"].as_array().expect("items").len(), 1);
 }
 
 async fn a_plugin_fault_escalates_and_keeps_the_event(db: Db) {
     let service = TestService::new(db).await;
     let (_, key) = service.tenant("Shop", json!({})).await;
-    service.install(&key, guests::HOSTILE, json!({ "attack": "infinite-loop" })).await;
-    service.post_event(&key, &event(EventKind::OrderCreated, "ord_f")).await;
+    service
+        .install(&key, guests::HOSTILE, json!({ "attack": "infinite-loop" }))
+        .await;
+    service
+        .post_event(&key, &event(EventKind::OrderCreated, "ord_f"))
+        .await;
     service.run_workers().await;
-    let (_, events) = service.call(Method::GET, "/v1/events?order_id=ord_f", Some(&key), None).await;
+    let (_, events) = service
+        .call(Method::GET, "/v1/events?order_id=ord_f", Some(&key), None)
+        .await;
     let stored = &events["items"][0];
     assert_eq!(stored["status"], "processed");
     assert_eq!(stored["decisions"][0]["outcome"], "fault");
-    assert_eq!(stored["decisions"][0]["detail"]["fault"]["kind"], "out_of_fuel");
-    let (_, tickets) = service.call(Method::GET, "/v1/escalations?order_id=ord_f", Some(&key), None).await;
+    assert_eq!(
+        stored["decisions"][0]["detail"]["fault"]["kind"],
+        "out_of_fuel"
+    );
+    let (_, tickets) = service
+        .call(
+            Method::GET,
+            "/v1/escalations?order_id=ord_f",
+            Some(&key),
+            None,
+        )
+        .await;
     let ticket = &tickets["items"][0];
     assert_eq!(ticket["queue"], "plugin-faults");
     assert_eq!(ticket["event_id"], stored["id"]);
-    assert!(ticket["reason"].as_str().expect("reason").contains("hostile-guest@0.1.0"));
+    assert!(
+        ticket["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("hostile-guest@0.1.0")
+    );
 }
 
 async fn quiet_hours_defer_instead_of_dropping(db: Db) {
     let service = TestService::new(db).await;
     // Quiet hours around the clock for email make every email wait.
-    let settings = json!({ "policy": { "quiet_hours": { "email": { "start": "00:00", "end": "23:59" } } } });
+    let settings =
+        json!({ "policy": { "quiet_hours": { "email": { "start": "00:00", "end": "23:59" } } } });
     let (_, key) = service.tenant("Night shop", settings).await;
-    service.install(&key, guests::STANDARD_LIFECYCLE, json!({})).await;
-    service.post_event(&key, &event(EventKind::OrderCreated, "ord_q")).await;
+    service
+        .install(&key, guests::STANDARD_LIFECYCLE, json!({}))
+        .await;
+    service
+        .post_event(&key, &event(EventKind::OrderCreated, "ord_q"))
+        .await;
     service.run_workers().await;
     let messages = service.messages(&key, "ord_q").await;
     assert_eq!(messages.len(), 1);
     assert_eq!(messages[0]["status"], "scheduled");
     let reason = messages[0]["status_reason"].as_str().expect("reason");
-    assert!(reason.contains("quiet hours for email in Europe/Rome"), "{reason}");
-    let send_at: jiff::Timestamp = messages[0]["send_at"].as_str().expect("send_at").parse().expect("time");
+    assert!(
+        reason.contains("quiet hours for email in Europe/Rome"),
+        "{reason}"
+    );
+    let send_at: jiff::Timestamp = messages[0]["send_at"]
+        .as_str()
+        .expect("send_at")
+        .parse()
+        .expect("time");
     assert!(send_at > jiff::Timestamp::now());
 }
 
@@ -284,22 +442,39 @@ async fn a_cancel_recorded_before_a_late_message_still_cancels_it(db: Db) {
     let service = TestService::new(db).await;
     let (_, key) = shop(&service).await;
     // Delivered arrives first (cancelling the delay follow-up), the delay report after it.
-    service.post_event(&key, &event(EventKind::Delivered, "ord_c")).await;
+    service
+        .post_event(&key, &event(EventKind::Delivered, "ord_c"))
+        .await;
     service.run_workers().await;
-    service.post_event(&key, &event(EventKind::DeliveryDelayed, "ord_c")).await;
+    service
+        .post_event(&key, &event(EventKind::DeliveryDelayed, "ord_c"))
+        .await;
     service.run_workers().await;
     let messages = service.messages(&key, "ord_c").await;
-    let followup = messages.iter().find(|m| m["template"] == "delay-followup").expect("a follow-up was asked for");
+    let followup = messages
+        .iter()
+        .find(|m| m["template"] == "delay-followup")
+        .expect("a follow-up was asked for");
     assert_eq!(followup["status"], "suppressed", "{followup}");
-    assert!(followup["status_reason"].as_str().expect("reason").contains("cancel"), "{followup}");
+    assert!(
+        followup["status_reason"]
+            .as_str()
+            .expect("reason")
+            .contains("cancel"),
+        "{followup}"
+    );
 }
 
 async fn a_restart_loses_nothing_and_sends_nothing_twice(db: Db) {
     let first = TestService::new(db).await;
     let (_, key) = shop(&first).await;
     // Accepted while no worker runs...
-    first.post_event(&key, &event(EventKind::OrderCreated, "ord_r")).await;
-    first.post_event(&key, &event(EventKind::ShipmentCreated, "ord_r")).await;
+    first
+        .post_event(&key, &event(EventKind::OrderCreated, "ord_r"))
+        .await;
+    first
+        .post_event(&key, &event(EventKind::ShipmentCreated, "ord_r"))
+        .await;
     // ...the process dies mid-dispatch: its leases are left behind, expired.
     first.process_events().await;
     let leased = first
@@ -315,7 +490,13 @@ async fn a_restart_loses_nothing_and_sends_nothing_twice(db: Db) {
     second.run_workers().await;
     second.run_workers().await;
     let messages = second.messages(&key, "ord_r").await;
-    assert_eq!(statuses(&messages), [("order-confirmation".into(), "sent".into()), ("order-shipped".into(), "sent".into())]);
+    assert_eq!(
+        statuses(&messages),
+        [
+            ("order-confirmation".into(), "sent".into()),
+            ("order-shipped".into(), "sent".into())
+        ]
+    );
     for m in &messages {
         assert_eq!(m["attempts"], 1, "sent exactly once: {m}");
     }
@@ -326,8 +507,13 @@ async fn a_restart_loses_nothing_and_sends_nothing_twice(db: Db) {
 async fn dry_run_sends_nothing_and_replay_shows_what_would_change(db: Db) {
     let service = TestService::new(db).await;
     let (_, key) = shop(&service).await;
-    let (_, plugins) = service.call(Method::GET, "/v1/plugins", Some(&key), None).await;
-    let plugin = plugins["items"][0]["id"].as_str().expect("plugin").to_owned();
+    let (_, plugins) = service
+        .call(Method::GET, "/v1/plugins", Some(&key), None)
+        .await;
+    let plugin = plugins["items"][0]["id"]
+        .as_str()
+        .expect("plugin")
+        .to_owned();
     for kind in [EventKind::OrderCreated, EventKind::DeliveryDelayed] {
         service.post_event(&key, &event(kind, "ord_d")).await;
     }
@@ -346,7 +532,11 @@ async fn dry_run_sends_nothing_and_replay_shows_what_would_change(db: Db) {
     assert_eq!(dry["outcome"]["actions"][0]["template"], "order-shipped");
     assert_eq!(dry["policy"][0]["verdict"]["outcome"]["type"], "send");
     assert!(dry["usage"]["fuel"].as_u64().expect("fuel") > 0);
-    assert_eq!(service.messages(&key, "ord_d").await.len(), before, "a dry run sends nothing");
+    assert_eq!(
+        service.messages(&key, "ord_d").await.len(),
+        before,
+        "a dry run sends nothing"
+    );
 
     // With a lower VIP threshold the delay would have been escalated.
     let (status, replay) = service
@@ -360,15 +550,35 @@ async fn dry_run_sends_nothing_and_replay_shows_what_would_change(db: Db) {
     assert_eq!(status, StatusCode::OK, "{replay}");
     assert_eq!(replay["events"], 2);
     assert_eq!(replay["changed"], 1);
-    let delayed = replay["items"].as_array().expect("items").iter().find(|i| i["kind"] == "delivery_delayed").expect("delay");
+    let delayed = replay["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|i| i["kind"] == "delivery_delayed")
+        .expect("delay");
     let added = delayed["added"].as_array().expect("added");
-    assert!(added.iter().any(|a| a["type"] == "escalate" && a["queue"] == "vip-care"), "{delayed}");
-    let created = replay["items"].as_array().expect("items").iter().find(|i| i["kind"] == "order_created").expect("created");
+    assert!(
+        added
+            .iter()
+            .any(|a| a["type"] == "escalate" && a["queue"] == "vip-care"),
+        "{delayed}"
+    );
+    let created = replay["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|i| i["kind"] == "order_created")
+        .expect("created");
     assert_eq!(created["same"], true);
 
     // Install validates the config against the plugin's schema.
     let (status, body) = service
-        .call(Method::POST, &format!("/v1/plugins/{plugin}/install"), Some(&key), Some(json!({ "config": { "vip_threshold_minor": "high" } })))
+        .call(
+            Method::POST,
+            &format!("/v1/plugins/{plugin}/install"),
+            Some(&key),
+            Some(json!({ "config": { "vip_threshold_minor": "high" } })),
+        )
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(body["error"]["field"], "config.vip_threshold_minor");
@@ -377,14 +587,29 @@ async fn dry_run_sends_nothing_and_replay_shows_what_would_change(db: Db) {
 async fn two_plugins_asking_for_the_same_notice_send_it_once(db: Db) {
     let service = TestService::new(db).await;
     let (_, key) = shop(&service).await;
-    service.install(&key, guests::VIP_CONCIERGE, json!({})).await;
-    service.post_event(&key, &event(EventKind::OrderCreated, "ord_m")).await;
+    service
+        .install(&key, guests::VIP_CONCIERGE, json!({}))
+        .await;
+    service
+        .post_event(&key, &event(EventKind::OrderCreated, "ord_m"))
+        .await;
     service.run_workers().await;
     let messages = service.messages(&key, "ord_m").await;
-    let confirmations: Vec<_> = messages.iter().filter(|m| m["template"] == "order-confirmation").collect();
+    let confirmations: Vec<_> = messages
+        .iter()
+        .filter(|m| m["template"] == "order-confirmation")
+        .collect();
     assert_eq!(confirmations.len(), 1, "{messages:?}");
-    let (_, events) = service.call(Method::GET, "/v1/events?order_id=ord_m", Some(&key), None).await;
-    assert_eq!(events["items"][0]["decisions"].as_array().expect("decisions").len(), 2);
+    let (_, events) = service
+        .call(Method::GET, "/v1/events?order_id=ord_m", Some(&key), None)
+        .await;
+    assert_eq!(
+        events["items"][0]["decisions"]
+            .as_array()
+            .expect("decisions")
+            .len(),
+        2
+    );
 }
 
 async fn templates_are_validated_and_previewed(db: Db) {
@@ -417,30 +642,127 @@ async fn templates_are_validated_and_previewed(db: Db) {
     assert_eq!(status, StatusCode::OK, "{preview}");
     assert_eq!(preview["locale"], "it");
     let html = preview["html"].as_str().expect("html");
-    assert!(!html.contains("<script>") && html.contains("&lt;script&gt;"), "{html}");
+    assert!(
+        !html.contains("<script>") && html.contains("&lt;script&gt;"),
+        "{html}"
+    );
 
     // A missing template is a visible failure, never a silent drop.
     let (_, key2) = service.tenant("No templates", json!({})).await;
-    service.install(&key2, guests::STANDARD_LIFECYCLE, json!({})).await;
-    service.post_event(&key2, &event(EventKind::OrderCreated, "ord_t")).await;
+    service
+        .install(&key2, guests::STANDARD_LIFECYCLE, json!({}))
+        .await;
+    service
+        .post_event(&key2, &event(EventKind::OrderCreated, "ord_t"))
+        .await;
     service.run_workers().await;
     let messages = service.messages(&key2, "ord_t").await;
     assert_eq!(messages[0]["status"], "failed");
-    assert!(messages[0]["status_reason"].as_str().expect("reason").contains("no template `order-confirmation`"));
+    assert!(
+        messages[0]["status_reason"]
+            .as_str()
+            .expect("reason")
+            .contains("no template `order-confirmation`")
+    );
 }
 
 async fn metrics_and_health_are_served(db: Db) {
     let service = TestService::new(db).await;
     let (tenant, key) = shop(&service).await;
-    service.post_event(&key, &event(EventKind::OrderCreated, "ord_x")).await;
+    service
+        .post_event(&key, &event(EventKind::OrderCreated, "ord_x"))
+        .await;
     service.run_workers().await;
     let (status, health) = service.call(Method::GET, "/healthz", None, None).await;
-    assert_eq!((status, health["status"].clone()), (StatusCode::OK, json!("ok")));
+    assert_eq!(
+        (status, health["status"].clone()),
+        (StatusCode::OK, json!("ok"))
+    );
     let (status, text) = service.call(Method::GET, "/metrics", None, None).await;
     assert_eq!(status, StatusCode::OK);
     let text = text.as_str().expect("text");
-    assert!(text.contains(&format!("tidings_events_total{{tenant=\"{tenant}\",kind=\"order_created\"}} 1")), "{text}");
+    assert!(
+        text.contains(&format!(
+            "tidings_events_total{{tenant=\"{tenant}\",kind=\"order_created\"}} 1"
+        )),
+        "{text}"
+    );
     assert!(text.contains("tidings_decision_fuel_bucket"), "{text}");
-    assert!(text.contains(&format!("tidings_messages_total{{tenant=\"{tenant}\",channel=\"email\",status=\"sent\"}} 1")), "{text}");
+    assert!(
+        text.contains(&format!(
+            "tidings_messages_total{{tenant=\"{tenant}\",channel=\"email\",status=\"sent\"}} 1"
+        )),
+        "{text}"
+    );
     let _ = OPERATOR_KEY;
+}
+
+async fn plugins_upload_as_raw_bytes_or_multipart_within_the_size_limit(db: Db) {
+    let service = TestService::new(db).await;
+    let (_, key) = service.tenant("Agency client", json!({})).await;
+    let bytes = std::fs::read(guests::CONFIGURABLE).expect("built");
+    let boundary = "tidings-boundary";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"component\"; filename=\"configurable.wasm\"\r\n\
+         Content-Type: application/wasm\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(&bytes);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let content_type = format!("multipart/form-data; boundary={boundary}");
+    let (status, plugin) = service
+        .call_raw(
+            Method::POST,
+            "/v1/plugins",
+            Some(&key),
+            &[("content-type", content_type.as_str())],
+            body,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{plugin}");
+    assert_eq!(plugin["name"], "configurable");
+    assert_eq!(plugin["size"], bytes.len());
+    assert!(plugin["describe"]["config_schema"].is_object());
+
+    // The same version again is a conflict, not a silent overwrite.
+    let (status, _) = service
+        .call_raw(
+            Method::POST,
+            "/v1/plugins",
+            Some(&key),
+            &[("content-type", "application/wasm")],
+            bytes.clone(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+
+    let mut oversized = bytes;
+    oversized.resize(3 << 20, 0);
+    let (status, body) = service
+        .call_raw(
+            Method::POST,
+            "/v1/plugins",
+            Some(&key),
+            &[("content-type", "application/wasm")],
+            oversized,
+        )
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    let (status, body) = service
+        .call_raw(
+            Method::POST,
+            "/v1/plugins",
+            Some(&key),
+            &[("content-type", "application/wasm")],
+            b"\0asm\x01\0\0\0".to_vec(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("not a component"),
+        "{body}"
+    );
 }

@@ -1,0 +1,1 @@
+//! Shopify webhooks (being written).

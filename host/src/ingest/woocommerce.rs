@@ -1,0 +1,1 @@
+//! WooCommerce webhooks (being written).
