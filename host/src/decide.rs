@@ -137,6 +137,7 @@ pub struct Runtime {
     cache: ArtifactCache,
     global: Arc<Semaphore>,
     tenants: Mutex<HashMap<String, Arc<Semaphore>>>,
+    load_lock: Mutex<()>,
     _ticker: EpochTicker,
 }
 
@@ -164,7 +165,9 @@ impl Runtime {
     /// Build the engine, linker, cache and ticker.
     pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
         let engine_limits = config.engine_limits;
-        let slots = u32::try_from(engine_limits.max_concurrent).unwrap_or(u32::MAX);
+        // One slot beyond the admitted decisions for `describe()` at load time,
+        // which is serialised by `load_lock`: the pool can never run dry.
+        let slots = u32::try_from(engine_limits.max_concurrent.saturating_add(1)).unwrap_or(u32::MAX);
         let mut pool = wasmtime::PoolingAllocationConfig::new();
         pool.total_component_instances(slots)
             .total_core_instances(slots.saturating_mul(8))
@@ -198,6 +201,7 @@ impl Runtime {
             default_limits: config.default_limits,
             cache,
             tenants: Mutex::new(HashMap::new()),
+            load_lock: Mutex::new(()),
             _ticker: ticker,
         })
     }
@@ -292,6 +296,7 @@ impl Runtime {
         id: &PluginRef,
     ) -> Result<PluginInfo, LoadError> {
         let limits = &self.default_limits;
+        let _one_at_a_time = self.load_lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut run = self.sandbox(limits, 0, "describe");
         let result = (|| {
             let rule = pre
