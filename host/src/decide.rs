@@ -167,7 +167,8 @@ impl Runtime {
         let engine_limits = config.engine_limits;
         // One slot beyond the admitted decisions for `describe()` at load time,
         // which is serialised by `load_lock`: the pool can never run dry.
-        let slots = u32::try_from(engine_limits.max_concurrent.saturating_add(1)).unwrap_or(u32::MAX);
+        let slots =
+            u32::try_from(engine_limits.max_concurrent.saturating_add(1)).unwrap_or(u32::MAX);
         let mut pool = wasmtime::PoolingAllocationConfig::new();
         pool.total_component_instances(slots)
             .total_core_instances(slots.saturating_mul(8))

@@ -7,6 +7,7 @@ mod messages;
 mod plugins;
 mod templates;
 mod tenants;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -54,6 +55,7 @@ pub fn router(state: AppState) -> Router {
         .merge(plugins::router())
         .merge(templates::router())
         .merge(messages::router())
+        .merge(webhooks::router())
         .with_state(state)
 }
 

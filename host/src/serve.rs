@@ -138,10 +138,17 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
     }
     let mut addr = config.listen;
     if config.role != Role::Worker {
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| ServeError::Listen { addr: config.listen, source })?;
-        addr = listener.local_addr().map_err(|source| ServeError::Listen { addr: config.listen, source })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServeError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
+        addr = listener.local_addr().map_err(|source| ServeError::Listen {
+            addr: config.listen,
+            source,
+        })?;
         let app = http::router(state.clone());
         tasks.push(tokio::spawn(async move {
             if let Err(err) = axum::serve(listener, app).await {

@@ -10,6 +10,7 @@
 
 mod audit;
 mod events;
+mod integrations;
 mod messages;
 mod plugins;
 mod tenants;
@@ -22,6 +23,7 @@ use sqlx::{AnyPool, ConnectOptions, Executor};
 
 pub use audit::{AuditEntry, AuditRow};
 pub use events::{EventRow, NewEvent};
+pub use integrations::PlatformOrderRow;
 pub use messages::{
     AttemptRow, DecisionRow, EscalationRow, MessageFilter, MessageRow, NewEscalation, NewMessage,
 };

@@ -3,8 +3,8 @@
 
 use serde::Serialize;
 
-use super::{PluginRef, Usage};
 use super::sandbox::LogLine;
+use super::{PluginRef, Usage};
 use crate::bindings::PLUGIN_INTERFACE;
 
 /// A plugin failed in a way the host detected (never the plugin's own
@@ -131,4 +131,3 @@ pub enum LoadError {
 #[derive(Debug, thiserror::Error)]
 #[error("cannot start the plugin runtime: {0}")]
 pub struct RuntimeError(pub(super) String);
-

@@ -15,6 +15,9 @@ use tidings_sdk::types::{
 };
 
 /// What a webhook body turned into.
+// One value per webhook, moved once into the pipeline: keeping `event`
+// unboxed makes matching on it plain, and its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Mapped {
     /// An order event to ingest.
@@ -447,144 +450,35 @@ const fn country(
 
 // Italian, Spanish, Czech, Polish, Greek, Danish, Norwegian and Portuguese
 // numbers keep their leading 0 (there is no trunk prefix); the others drop it.
+#[rustfmt::skip]
 const COUNTRIES: &[Country] = &[
-    country(
-        "AT",
-        Some("Europe/Vienna"),
-        Some("de-AT"),
-        Some(("43", true)),
-    ),
+    country("AT", Some("Europe/Vienna"), Some("de-AT"), Some(("43", true))),
     country("BE", Some("Europe/Brussels"), None, Some(("32", true))),
-    country(
-        "BG",
-        Some("Europe/Sofia"),
-        Some("bg-BG"),
-        Some(("359", true)),
-    ),
+    country("BG", Some("Europe/Sofia"), Some("bg-BG"), Some(("359", true))),
     country("CH", Some("Europe/Zurich"), None, Some(("41", true))),
-    country(
-        "CZ",
-        Some("Europe/Prague"),
-        Some("cs-CZ"),
-        Some(("420", false)),
-    ),
-    country(
-        "DE",
-        Some("Europe/Berlin"),
-        Some("de-DE"),
-        Some(("49", true)),
-    ),
-    country(
-        "DK",
-        Some("Europe/Copenhagen"),
-        Some("da-DK"),
-        Some(("45", false)),
-    ),
-    country(
-        "ES",
-        Some("Europe/Madrid"),
-        Some("es-ES"),
-        Some(("34", false)),
-    ),
-    country(
-        "FI",
-        Some("Europe/Helsinki"),
-        Some("fi-FI"),
-        Some(("358", true)),
-    ),
-    country(
-        "FR",
-        Some("Europe/Paris"),
-        Some("fr-FR"),
-        Some(("33", true)),
-    ),
-    country(
-        "GB",
-        Some("Europe/London"),
-        Some("en-GB"),
-        Some(("44", true)),
-    ),
-    country(
-        "GR",
-        Some("Europe/Athens"),
-        Some("el-GR"),
-        Some(("30", false)),
-    ),
-    country(
-        "HR",
-        Some("Europe/Zagreb"),
-        Some("hr-HR"),
-        Some(("385", true)),
-    ),
+    country("CZ", Some("Europe/Prague"), Some("cs-CZ"), Some(("420", false))),
+    country("DE", Some("Europe/Berlin"), Some("de-DE"), Some(("49", true))),
+    country("DK", Some("Europe/Copenhagen"), Some("da-DK"), Some(("45", false))),
+    country("ES", Some("Europe/Madrid"), Some("es-ES"), Some(("34", false))),
+    country("FI", Some("Europe/Helsinki"), Some("fi-FI"), Some(("358", true))),
+    country("FR", Some("Europe/Paris"), Some("fr-FR"), Some(("33", true))),
+    country("GB", Some("Europe/London"), Some("en-GB"), Some(("44", true))),
+    country("GR", Some("Europe/Athens"), Some("el-GR"), Some(("30", false))),
+    country("HR", Some("Europe/Zagreb"), Some("hr-HR"), Some(("385", true))),
     country("HU", Some("Europe/Budapest"), Some("hu-HU"), None),
-    country(
-        "IE",
-        Some("Europe/Dublin"),
-        Some("en-IE"),
-        Some(("353", true)),
-    ),
-    country(
-        "IT",
-        Some("Europe/Rome"),
-        Some("it-IT"),
-        Some(("39", false)),
-    ),
+    country("IE", Some("Europe/Dublin"), Some("en-IE"), Some(("353", true))),
+    country("IT", Some("Europe/Rome"), Some("it-IT"), Some(("39", false))),
     country("JP", Some("Asia/Tokyo"), Some("ja-JP"), Some(("81", true))),
-    country(
-        "KW",
-        Some("Asia/Kuwait"),
-        Some("ar-KW"),
-        Some(("965", false)),
-    ),
+    country("KW", Some("Asia/Kuwait"), Some("ar-KW"), Some(("965", false))),
     country("LU", Some("Europe/Luxembourg"), None, Some(("352", false))),
-    country(
-        "NL",
-        Some("Europe/Amsterdam"),
-        Some("nl-NL"),
-        Some(("31", true)),
-    ),
-    country(
-        "NO",
-        Some("Europe/Oslo"),
-        Some("nb-NO"),
-        Some(("47", false)),
-    ),
-    country(
-        "PL",
-        Some("Europe/Warsaw"),
-        Some("pl-PL"),
-        Some(("48", false)),
-    ),
-    country(
-        "PT",
-        Some("Europe/Lisbon"),
-        Some("pt-PT"),
-        Some(("351", false)),
-    ),
-    country(
-        "RO",
-        Some("Europe/Bucharest"),
-        Some("ro-RO"),
-        Some(("40", true)),
-    ),
-    country(
-        "SE",
-        Some("Europe/Stockholm"),
-        Some("sv-SE"),
-        Some(("46", true)),
-    ),
-    country(
-        "SI",
-        Some("Europe/Ljubljana"),
-        Some("sl-SI"),
-        Some(("386", true)),
-    ),
-    country(
-        "SK",
-        Some("Europe/Bratislava"),
-        Some("sk-SK"),
-        Some(("421", true)),
-    ),
+    country("NL", Some("Europe/Amsterdam"), Some("nl-NL"), Some(("31", true))),
+    country("NO", Some("Europe/Oslo"), Some("nb-NO"), Some(("47", false))),
+    country("PL", Some("Europe/Warsaw"), Some("pl-PL"), Some(("48", false))),
+    country("PT", Some("Europe/Lisbon"), Some("pt-PT"), Some(("351", false))),
+    country("RO", Some("Europe/Bucharest"), Some("ro-RO"), Some(("40", true))),
+    country("SE", Some("Europe/Stockholm"), Some("sv-SE"), Some(("46", true))),
+    country("SI", Some("Europe/Ljubljana"), Some("sl-SI"), Some(("386", true))),
+    country("SK", Some("Europe/Bratislava"), Some("sk-SK"), Some(("421", true))),
     country("US", None, Some("en-US"), Some(("1", false))),
 ];
 
@@ -678,8 +572,21 @@ pub(crate) fn split_tags(tags: Option<&str>) -> Vec<String> {
         .collect()
 }
 
+/// Where a status sorts among the lines of one SKU: shipped first, then
+/// waiting, then what left the order.
+fn rank(status: LineStatus) -> u8 {
+    match status {
+        LineStatus::Fulfilled => 0,
+        LineStatus::Pending => 1,
+        LineStatus::Backordered => 2,
+        LineStatus::Cancelled => 3,
+        LineStatus::Returned => 4,
+        LineStatus::Refunded => 5,
+    }
+}
+
 /// Add `quantity` units of a line in `status`, merging with an existing
-/// line of the same SKU and status.
+/// line of the same SKU and status, else next to the SKU's other lines.
 pub(crate) fn add_units(
     items: &mut Vec<LineItem>,
     template: &LineItem,
@@ -696,10 +603,12 @@ pub(crate) fn add_units(
         line.quantity += quantity;
         return;
     }
+    let same_sku = |l: &LineItem| l.sku == template.sku;
     let at = items
         .iter()
-        .rposition(|l| l.sku == template.sku)
-        .map_or(items.len(), |i| i + 1);
+        .position(|l| same_sku(l) && rank(l.status) > rank(status))
+        .or_else(|| items.iter().rposition(same_sku).map(|i| i + 1))
+        .unwrap_or(items.len());
     items.insert(
         at,
         LineItem {
@@ -733,10 +642,10 @@ pub(crate) fn move_units(
         }
     }
     let moved = quantity - left;
-    items.retain(|l| l.quantity > 0 || l.sku != sku);
     if let Some(template) = template {
         add_units(items, &template, to, moved);
     }
+    items.retain(|l| l.quantity > 0 || l.sku != sku);
     moved
 }
 
@@ -918,7 +827,7 @@ mod tests {
                 .iter()
                 .map(|l| (l.quantity, l.status))
                 .collect::<Vec<_>>(),
-            [(1, LineStatus::Pending), (2, LineStatus::Fulfilled)]
+            [(2, LineStatus::Fulfilled), (1, LineStatus::Pending)]
         );
         assert_eq!(
             move_units(

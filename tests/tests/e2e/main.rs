@@ -5,3 +5,4 @@ mod hostile;
 mod plugins;
 mod runner;
 mod service;
+mod webhooks;
