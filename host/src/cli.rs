@@ -93,6 +93,9 @@ struct DemoArgs {
     /// Its default templates.
     #[arg(long, default_value = "plugins/standard-lifecycle/templates")]
     templates: PathBuf,
+    /// Templates of the notifications agents get (escalations, approvals).
+    #[arg(long, default_value = "host/templates")]
+    agent_templates: PathBuf,
     /// Stop after the demo instead of serving on.
     #[arg(long)]
     exit: bool,
@@ -236,6 +239,7 @@ fn demo(args: DemoArgs) -> ExitCode {
             operator_key,
             plugin: args.plugin.clone(),
             templates: args.templates.clone(),
+            agent_templates: args.agent_templates.clone(),
             outbox: config.outbox.clone(),
         };
         let result = tokio::task::spawn_blocking(move || demo.run()).await;

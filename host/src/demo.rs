@@ -19,6 +19,8 @@ pub struct Demo {
     pub plugin: PathBuf,
     /// Its templates directory.
     pub templates: PathBuf,
+    /// The agent notification templates.
+    pub agent_templates: PathBuf,
     /// Where the server writes messages.
     pub outbox: PathBuf,
 }
@@ -188,11 +190,17 @@ impl Demo {
                 "name": "Bottega Demo",
                 "timezone": "Europe/Rome",
                 "default_locale": "en",
-                "settings": { "shop": {
-                    "name": "Bottega Demo",
-                    "url": "https://bottega.example",
-                    "support_email": "help@bottega.example"
-                }}
+                "settings": {
+                    "shop": {
+                        "name": "Bottega Demo",
+                        "url": "https://bottega.example",
+                        "support_email": "help@bottega.example"
+                    },
+                    "escalation": { "queues": { "vip-care": { "tiers": [
+                        { "minutes": 30, "emails": ["care@bottega.example"] },
+                        { "minutes": 60, "emails": ["manager@bottega.example"] }
+                    ] } } }
+                }
             }),
         )?;
         let tenant_id = tenant["id"].as_str().unwrap_or_default().to_owned();
@@ -222,7 +230,8 @@ impl Demo {
             plugin["size"]
         );
 
-        let templates = template_files(&self.templates)?;
+        let mut templates = template_files(&self.templates)?;
+        templates.extend(template_files(&self.agent_templates)?);
         for (name, channel, locale, parts) in &templates {
             merchant.put(&format!("/v1/templates/{name}/{channel}/{locale}"), parts)?;
         }
@@ -368,10 +377,14 @@ impl Demo {
         let escalations = api.get(&format!("/v1/escalations?order_id={order}"))?;
         for e in escalations["items"].as_array().into_iter().flatten() {
             println!(
-                "  escalation {} [{}] {}: {}",
+                "  escalation {} [{}] {} (tier {}, {}): {}",
                 e["queue"].as_str().unwrap_or("?"),
                 e["priority"].as_str().unwrap_or("?"),
                 e["status"].as_str().unwrap_or("?"),
+                e["tier"],
+                e["next_tier_at"]
+                    .as_str()
+                    .map_or("no timer".to_owned(), |t| format!("next tier at {t}")),
                 e["reason"].as_str().unwrap_or("?").replace('\n', "; ")
             );
         }

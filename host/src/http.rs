@@ -2,6 +2,7 @@
 //! and the router assembled from one module per area.
 
 mod auth;
+mod escalations;
 mod events;
 mod messages;
 mod plugins;
@@ -55,6 +56,7 @@ pub fn router(state: AppState) -> Router {
         .merge(plugins::router())
         .merge(templates::router())
         .merge(messages::router())
+        .merge(escalations::router())
         .merge(webhooks::router())
         .with_state(state)
 }

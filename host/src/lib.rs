@@ -16,6 +16,7 @@ pub mod cli;
 pub mod decide;
 pub mod demo;
 pub mod dispatch;
+pub mod escalation;
 pub mod http;
 pub mod ingest;
 pub mod metrics;

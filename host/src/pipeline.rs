@@ -23,8 +23,9 @@ use tidings_sdk::types::{
 use crate::decide::{DecideError, Decision, Plugin, Runtime};
 use crate::metrics::Metrics;
 use crate::policy::{self, Facts, Outcome};
+use crate::schedule::Wakeups;
 use crate::settings::{FailureFallback, TenantSettings};
-use crate::store::{AuditEntry, EventRow, NewEscalation, NewMessage, Store, StoreError, TenantRow};
+use crate::store::{AuditEntry, EventRow, NewMessage, Store, StoreError, TenantRow};
 
 /// The queue the host itself uses when a plugin fails.
 pub const PLUGIN_FAULTS_QUEUE: &str = "plugin-faults";
@@ -53,6 +54,10 @@ pub enum PipelineError {
     },
 }
 
+/// The time source of the pipeline; tests replace it to move time forward
+/// without sleeping.
+pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
 /// Shared state of the stages; cheap to clone.
 #[derive(Clone)]
 pub struct Pipeline {
@@ -62,6 +67,9 @@ pub struct Pipeline {
     pub runtime: Arc<Runtime>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Wakes the workers when work arrives.
+    pub wake: Arc<Wakeups>,
+    clock: Clock,
     plugins: Arc<Mutex<HashMap<String, Plugin>>>,
 }
 
@@ -83,8 +91,26 @@ impl Pipeline {
             store,
             runtime,
             metrics,
+            wake: Arc::new(Wakeups::default()),
+            clock: Arc::new(Timestamp::now),
             plugins: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    /// Use `clock` instead of the system clock.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The pipeline's current time.
+    pub fn now(&self) -> Timestamp {
+        (self.clock)()
+    }
+
+    /// Tell the message worker that messages may be due.
+    pub fn wake_messages(&self) {
+        self.wake.messages.notify_one();
     }
 
     /// The loaded plugin with this stored id (compiled once per process).
@@ -194,7 +220,7 @@ impl Pipeline {
                 message: e.to_string(),
             })?;
         let (tenant, settings) = self.tenant(&row.tenant_id).await?;
-        let now = Timestamp::now();
+        let now = self.now();
         let merged = self
             .decide_all(row, &event, &tenant, &settings, now)
             .await?;
@@ -367,22 +393,21 @@ impl Pipeline {
         if settings.on_plugin_failure == FailureFallback::Record {
             return Ok(());
         }
-        let (ticket, new) = self
-            .store
-            .open_escalation(&NewEscalation {
-                tenant_id: &row.tenant_id,
-                order_id: &row.order_id,
-                event_id: &row.id,
-                decision_id: Some(decision_id),
+        crate::escalation::open(
+            self,
+            row,
+            settings,
+            &crate::escalation::Opening {
                 queue: PLUGIN_FAULTS_QUEUE,
                 priority: "high",
                 reason,
                 sla_minutes: None,
-            })
-            .await?;
-        let detail = json!({ "ticket": ticket, "queue": PLUGIN_FAULTS_QUEUE, "new": new, "reason": reason, "event_id": row.id });
-        self.audit(row, None, "escalation", "opened", "system", detail)
-            .await
+                decision_id: Some(decision_id),
+                message_id: None,
+            },
+        )
+        .await?;
+        Ok(())
     }
 
     async fn apply(
@@ -400,53 +425,26 @@ impl Pipeline {
                     .await
             }
             Action::HoldForApproval { notify, reason } => {
-                let id = self
-                    .store
-                    .insert_message(&new_message(
-                        row,
-                        event,
-                        decision_id,
-                        notify,
-                        notify.channel,
-                        "held",
-                        Some(reason),
-                        now,
-                    ))
-                    .await?;
-                self.audit(
-                    row,
-                    Some(&id),
-                    "policy",
-                    "held",
-                    "system",
-                    json!({ "reason": reason, "template": notify.template }),
-                )
-                .await
+                crate::escalation::hold(self, row, event, settings, decision_id, notify, reason)
+                    .await
             }
             Action::Escalate(e) => {
-                let (ticket, new) = self
-                    .store
-                    .open_escalation(&NewEscalation {
-                        tenant_id: &row.tenant_id,
-                        order_id: &row.order_id,
-                        event_id: &row.id,
-                        decision_id: Some(decision_id),
+                let priority = enum_str(&e.priority);
+                crate::escalation::open(
+                    self,
+                    row,
+                    settings,
+                    &crate::escalation::Opening {
                         queue: &e.queue,
-                        priority: &enum_str(&e.priority),
+                        priority: &priority,
                         reason: &e.reason,
                         sla_minutes: e.sla_minutes.map(i64::from),
-                    })
-                    .await?;
-                let action = if new { "opened" } else { "merged" };
-                self.audit(
-                    row,
-                    None,
-                    "escalation",
-                    action,
-                    "system",
-                    json!({ "ticket": ticket, "escalate": e }),
+                        decision_id: Some(decision_id),
+                        message_id: None,
+                    },
                 )
-                .await
+                .await?;
+                Ok(())
             }
             Action::Cancel { cancel_key } => {
                 let cancelled = self
@@ -617,8 +615,9 @@ impl Pipeline {
     }
 }
 
+/// The row for a message a plugin asked for.
 #[allow(clippy::too_many_arguments)]
-fn new_message<'a>(
+pub fn new_message<'a>(
     row: &'a EventRow,
     event: &'a OrderEvent,
     decision_id: &'a str,
@@ -645,6 +644,7 @@ fn new_message<'a>(
         status,
         status_reason: reason,
         send_at: at.as_millisecond(),
+        recipient: None,
     }
 }
 

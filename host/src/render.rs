@@ -92,7 +92,7 @@ pub struct RenderRequest<'a> {
 }
 
 /// A rendered message, ready for dispatch.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rendered {
     /// Template name.
     pub template: String,

@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 
 use crate::dispatch::{Outbound, Transport};
 use crate::pipeline::{Pipeline, PipelineError, parse_enum};
-use crate::render::{self, TemplateParts, TemplateSet};
+use crate::render::{self, Rendered, TemplateParts, TemplateSet};
 use crate::store::{AuditEntry, MessageRow};
 
 /// How long a worker owns a leased job before others may take it.
@@ -132,7 +132,12 @@ pub async fn deliver_due(
 ) -> Result<usize, PipelineError> {
     let leased = pipeline
         .store
-        .lease_due_messages(owner, 32, LEASE.as_millis() as i64)
+        .lease_due_messages(
+            owner,
+            pipeline.now().as_millisecond(),
+            32,
+            LEASE.as_millis() as i64,
+        )
         .await?;
     let count = leased.len();
     for message in leased {
@@ -164,7 +169,7 @@ pub async fn deliver(
         )
         .await;
     }
-    let (tenant, settings) = pipeline.tenant(&m.tenant_id).await?;
+    let (_, settings) = pipeline.tenant(&m.tenant_id).await?;
     let event_row = store.event(&m.tenant_id, &m.event_id).await?;
     let event: Option<OrderEvent> = event_row.and_then(|r| serde_json::from_str(&r.body).ok());
     let Some(event) = event else {
@@ -174,38 +179,25 @@ pub async fn deliver(
         return fail(pipeline, m, &format!("unknown channel {}", m.channel)).await;
     };
 
-    let mut templates = TemplateSet::new();
-    for t in store
-        .templates_for(&m.tenant_id, &m.template, &m.channel)
-        .await?
-    {
-        if let Some(c) = parse_enum::<Channel>(&t.channel) {
-            templates.insert(
-                (t.name, c, t.locale),
-                TemplateParts {
-                    subject: t.subject,
-                    text: t.text,
-                    html: t.html,
-                },
-            );
+    let rendered = if m.approved_by.is_some() {
+        // Approved after it was held: send what the agent approved, but only
+        // if policy still allows it (consent may have changed meanwhile).
+        if let Some(held) = recheck_policy(pipeline, m, &event, &settings).await? {
+            return Ok(held);
         }
-    }
-    let data = serde_json::from_str(&m.data).unwrap_or_default();
-    let shop = settings.shop.info();
-    let request = render::RenderRequest {
-        template: &m.template,
-        channel,
-        locale: m.locale.as_deref(),
-        tenant_default_locale: &tenant.default_locale,
-        event: &event,
-        data: &data,
-        shop: &shop,
-        now: Timestamp::now(),
-        fuel: render::DEFAULT_FUEL,
-    };
-    let rendered = match render::render(&templates, &request) {
-        Ok(rendered) => rendered,
-        Err(err) => return fail(pipeline, m, &format!("render: {err}")).await,
+        match m
+            .rendered
+            .as_deref()
+            .and_then(|r| serde_json::from_str::<Rendered>(r).ok())
+        {
+            Some(rendered) => rendered,
+            None => return fail(pipeline, m, "the approved rendering is missing").await,
+        }
+    } else {
+        match render_message(pipeline, m, &event, &settings).await? {
+            Ok(rendered) => rendered,
+            Err(err) => return fail(pipeline, m, &format!("render: {err}")).await,
+        }
     };
     let rendered_json = serde_json::to_string(&rendered).expect("rendered messages serialise");
     audit(
@@ -213,15 +205,16 @@ pub async fn deliver(
         m,
         "render",
         "rendered",
-        json!({ "template": m.template, "locale": rendered.locale }),
+        json!({ "template": m.template, "locale": rendered.locale, "approved_by": m.approved_by }),
     )
     .await?;
 
     let customer = &event.order.customer;
-    let to = match channel {
-        Channel::Email => customer.email.as_deref(),
-        Channel::Sms | Channel::Whatsapp => customer.phone.as_deref(),
-        Channel::Push | Channel::Webhook => None,
+    let to = match (&m.recipient, channel) {
+        (Some(recipient), _) => Some(recipient.as_str()),
+        (None, Channel::Email) => customer.email.as_deref(),
+        (None, Channel::Sms | Channel::Whatsapp) => customer.phone.as_deref(),
+        (None, Channel::Push | Channel::Webhook) => None,
     };
     let (from, reply_to) = (settings.email_from(), settings.email_reply_to());
     let outbound = Outbound {
@@ -329,6 +322,132 @@ async fn audit(
         })
         .await?;
     Ok(())
+}
+
+/// Render `m` with the tenant's templates: `Ok(Err(_))` is a render failure
+/// (the message's fault), `Err(_)` a pipeline failure.
+pub async fn render_message(
+    pipeline: &Pipeline,
+    m: &MessageRow,
+    event: &OrderEvent,
+    settings: &crate::settings::TenantSettings,
+) -> Result<Result<Rendered, render::RenderError>, PipelineError> {
+    let (tenant, _) = pipeline.tenant(&m.tenant_id).await?;
+    let Some(channel) = parse_enum::<Channel>(&m.channel) else {
+        return Ok(Err(render::RenderError::MissingPart { part: "channel" }));
+    };
+    let mut templates = TemplateSet::new();
+    for t in pipeline
+        .store
+        .templates_for(&m.tenant_id, &m.template, &m.channel)
+        .await?
+    {
+        if let Some(c) = parse_enum::<Channel>(&t.channel) {
+            templates.insert(
+                (t.name, c, t.locale),
+                TemplateParts {
+                    subject: t.subject,
+                    text: t.text,
+                    html: t.html,
+                },
+            );
+        }
+    }
+    let data = serde_json::from_str(&m.data).unwrap_or_default();
+    let shop = settings.shop.info();
+    let request = render::RenderRequest {
+        template: &m.template,
+        channel,
+        locale: m.locale.as_deref(),
+        tenant_default_locale: &tenant.default_locale,
+        event,
+        data: &data,
+        shop: &shop,
+        now: pipeline.now(),
+        fuel: render::DEFAULT_FUEL,
+    };
+    Ok(render::render(&templates, &request))
+}
+
+/// Policy again for an approved message. Returns `Some(())` when the message
+/// was settled (suppressed) or deferred instead of sent.
+async fn recheck_policy(
+    pipeline: &Pipeline,
+    m: &MessageRow,
+    event: &OrderEvent,
+    settings: &crate::settings::TenantSettings,
+) -> Result<Option<()>, PipelineError> {
+    let Some(channel) = parse_enum::<Channel>(&m.channel) else {
+        return Ok(None);
+    };
+    let notify = tidings_sdk::action::Notify {
+        channel,
+        template: m.template.clone(),
+        locale: m.locale.clone(),
+        timing: Timing::Now,
+        category: parse_enum(&m.category).unwrap_or(Category::Transactional),
+        priority: parse_enum(&m.priority).unwrap_or_default(),
+        dedupe_key: None,
+        cancel_key: m.cancel_key.clone(),
+        fallback_channels: Vec::new(),
+        data: Default::default(),
+    };
+    let now = pipeline.now();
+    // The newest event of the order carries the customer's current consents.
+    let latest = pipeline
+        .store
+        .order_events(&m.tenant_id, &m.order_id)
+        .await?;
+    let latest: Option<OrderEvent> = latest
+        .last()
+        .and_then(|r| serde_json::from_str(&r.body).ok());
+    let event = latest.as_ref().unwrap_or(event);
+    let (verdict, _) = pipeline
+        .verdict(&m.tenant_id, event, settings, &notify, now)
+        .await?;
+    match verdict.outcome {
+        crate::policy::Outcome::Send { channel: c, .. } if c == channel => Ok(None),
+        crate::policy::Outcome::Send { .. } => {
+            fail(
+                pipeline,
+                m,
+                "the approved channel is no longer allowed for this customer",
+            )
+            .await?;
+            Ok(Some(()))
+        }
+        crate::policy::Outcome::Defer { until, reason, .. } => {
+            pipeline
+                .store
+                .defer_message(&m.id, until.as_millisecond(), &reason.to_string())
+                .await?;
+            audit(
+                pipeline,
+                m,
+                "policy",
+                "defer",
+                json!({ "reason": reason.to_string(), "until": until }),
+            )
+            .await?;
+            Ok(Some(()))
+        }
+        crate::policy::Outcome::Suppress(reason) => {
+            let text = reason.to_string();
+            pipeline
+                .store
+                .settle_message(m, "suppressed", Some(&text), None, None)
+                .await?;
+            audit(
+                pipeline,
+                m,
+                "policy",
+                "suppress",
+                json!({ "reason": text, "after": "approval" }),
+            )
+            .await?;
+            Ok(Some(()))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use crate::dispatch::file::FileTransport;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
-use crate::schedule::{self, Wakeups};
+use crate::schedule;
 use crate::store::Store;
 
 /// What this process does.
@@ -112,7 +112,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         ..RuntimeConfig::default()
     })?);
     let pipeline = Pipeline::new(store, runtime, Arc::new(Metrics::default()));
-    let wake = Arc::new(Wakeups::default());
+    let wake = pipeline.wake.clone();
     let state = AppState {
         pipeline: pipeline.clone(),
         wake: wake.clone(),
@@ -135,6 +135,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
             wake.clone(),
             owner,
         )));
+        tasks.push(tokio::spawn(run_escalation_worker(pipeline.clone())));
     }
     let mut addr = config.listen;
     if config.role != Role::Worker {
@@ -157,4 +158,15 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         }));
     }
     Ok(Running { addr, state, tasks })
+}
+
+/// Moves escalation ladders and approval expiries along; the timers are rows,
+/// so a restart picks up where it left off.
+async fn run_escalation_worker(pipeline: Pipeline) {
+    loop {
+        if let Err(err) = crate::escalation::advance(&pipeline, pipeline.now()).await {
+            tracing::error!(error = %err, "escalation worker failed; retrying");
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    }
 }

@@ -22,6 +22,77 @@ pub struct TenantSettings {
     pub limits: Limits,
     /// What to do when a plugin faults or returns a rule error.
     pub on_plugin_failure: FailureFallback,
+    /// Escalation queues (tiers of agents) and approvals.
+    pub escalation: EscalationSettings,
+}
+
+/// Escalation queues and the approval rules.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EscalationSettings {
+    /// Queues by name, each a ladder of tiers. A queue without settings has
+    /// no tiers: its tickets wait in the API, and breach after the action's
+    /// `sla_minutes` if it gave one.
+    pub queues: std::collections::BTreeMap<String, QueueSettings>,
+    /// Messages held for approval.
+    pub approval: ApprovalSettings,
+}
+
+/// A queue's ladder.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueSettings {
+    /// Tier 1 first; each is notified when the one before it ran out of time.
+    pub tiers: Vec<Tier>,
+}
+
+/// One tier of agents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tier {
+    /// Minutes this tier has to acknowledge before the next tier is notified
+    /// (for tier 1, the action's `sla_minutes` wins when given).
+    pub minutes: u32,
+    /// Agents' email addresses.
+    #[serde(default)]
+    pub emails: Vec<String>,
+    /// A chat tool's incoming webhook, or any URL taking a JSON POST.
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+}
+
+/// What happens to held messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApprovalSettings {
+    /// The queue whose tiers review held messages.
+    pub queue: String,
+    /// Minutes before a held message expires (per tier of the queue when it
+    /// has tiers).
+    pub expire_minutes: u32,
+    /// What expiry does; a held message is never sent unapproved.
+    pub on_expiry: ExpiryAction,
+}
+
+impl Default for ApprovalSettings {
+    fn default() -> Self {
+        Self {
+            queue: "approvals".into(),
+            expire_minutes: 24 * 60,
+            on_expiry: ExpiryAction::Escalate,
+        }
+    }
+}
+
+/// What an expired approval does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpiryAction {
+    /// Notify the approval queue's next tier (after the last: breached, still held).
+    #[default]
+    Escalate,
+    /// Reject the message.
+    Reject,
 }
 
 /// The shop as customers know it.

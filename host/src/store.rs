@@ -9,6 +9,7 @@
 //! database failures.
 
 mod audit;
+mod escalations;
 mod events;
 mod integrations;
 mod messages;
@@ -22,6 +23,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions, Executor};
 
 pub use audit::{AuditEntry, AuditRow};
+pub use escalations::{EscalationFilter, NoteRow};
 pub use events::{EventRow, NewEvent};
 pub use integrations::PlatformOrderRow;
 pub use messages::{

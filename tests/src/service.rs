@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use axum::Router;
 use axum::body::Body;
@@ -16,7 +17,7 @@ use tidings_host::dispatch::file::FileTransport;
 use tidings_host::http::{self, AppState};
 use tidings_host::metrics::Metrics;
 use tidings_host::pipeline::Pipeline;
-use tidings_host::schedule::{self, Wakeups};
+use tidings_host::schedule;
 use tidings_host::store::Store;
 use tower::ServiceExt;
 
@@ -50,6 +51,7 @@ pub struct TestService {
     pub database_url: String,
     dir: PathBuf,
     postgres_db: Option<String>,
+    clock_offset_ms: Arc<AtomicI64>,
 }
 
 impl std::fmt::Debug for TestService {
@@ -120,10 +122,17 @@ impl TestService {
             })
             .expect("the runtime starts"),
         );
-        let pipeline = Pipeline::new(store, runtime, Arc::new(Metrics::default()));
+        let clock_offset_ms = Arc::new(AtomicI64::new(0));
+        let offset = clock_offset_ms.clone();
+        let pipeline = Pipeline::new(store, runtime, Arc::new(Metrics::default())).with_clock(
+            Arc::new(move || {
+                let now = jiff::Timestamp::now().as_millisecond() + offset.load(Ordering::SeqCst);
+                jiff::Timestamp::from_millisecond(now).expect("a sane test clock")
+            }),
+        );
         let state = AppState {
+            wake: pipeline.wake.clone(),
             pipeline,
-            wake: Arc::new(Wakeups::default()),
             operator_key_hash: Some(Sha256::digest(OPERATOR_KEY.as_bytes()).into()),
         };
         Self {
@@ -133,7 +142,26 @@ impl TestService {
             database_url: database_url.to_owned(),
             dir,
             postgres_db: None,
+            clock_offset_ms,
         }
+    }
+
+    /// Move the pipeline's clock forward by `minutes` (no sleeping).
+    pub fn advance_clock(&self, minutes: i64) {
+        self.clock_offset_ms
+            .fetch_add(minutes * 60_000, Ordering::SeqCst);
+    }
+
+    /// Run the escalation worker once, at the pipeline's time.
+    pub async fn run_escalations(&self) -> usize {
+        tidings_host::escalation::advance(&self.state.pipeline, self.state.pipeline.now())
+            .await
+            .expect("escalations advance")
+    }
+
+    /// Upload the host's agent notification templates (`host/templates`).
+    pub async fn agent_templates(&self, key: &str) -> usize {
+        self.upload_templates(key, "../host/templates").await
     }
 
     /// Send a request; returns the status and the JSON body (null if none).
@@ -242,8 +270,12 @@ impl TestService {
 
     /// Upload the bundled default templates of standard-lifecycle.
     pub async fn default_templates(&self, key: &str) -> usize {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../plugins/standard-lifecycle/templates");
+        self.upload_templates(key, "../plugins/standard-lifecycle/templates")
+            .await
+    }
+
+    async fn upload_templates(&self, key: &str, relative: &str) -> usize {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative);
         let mut count = 0;
         for locale in std::fs::read_dir(&dir).expect("templates dir").flatten() {
             if !locale.path().is_dir() {

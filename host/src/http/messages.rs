@@ -1,5 +1,5 @@
 //! `GET /v1/messages`, `GET /v1/messages/{id}`, `POST /v1/messages/{id}/retry`,
-//! `GET /v1/audit`, `GET /v1/escalations`.
+//! `GET /v1/audit`.
 
 use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
@@ -16,10 +16,9 @@ pub fn router() -> Router<AppState> {
         .route("/v1/messages/{id}", get(show))
         .route("/v1/messages/{id}/retry", post(retry))
         .route("/v1/audit", get(audit))
-        .route("/v1/escalations", get(escalations))
 }
 
-fn message_json(m: &MessageRow) -> Value {
+pub(super) fn message_json(m: &MessageRow) -> Value {
     json!({
         "id": m.id,
         "event_id": m.event_id,
@@ -146,7 +145,7 @@ async fn retry(
     Ok(Json(message_json(&m)))
 }
 
-fn audit_json(a: &crate::store::AuditRow) -> Value {
+pub(super) fn audit_json(a: &crate::store::AuditRow) -> Value {
     json!({
         "seq": a.seq,
         "at": rfc3339(a.at),
@@ -188,42 +187,4 @@ async fn audit(
     Ok(Json(
         json!({ "items": page.items.iter().map(audit_json).collect::<Vec<_>>(), "next": page.next }),
     ))
-}
-
-#[derive(Deserialize)]
-struct EscalationQuery {
-    order_id: Option<String>,
-    open: Option<bool>,
-}
-
-async fn escalations(
-    State(state): State<AppState>,
-    caller: Caller,
-    Query(q): Query<EscalationQuery>,
-) -> Result<Json<Value>, ApiError> {
-    let tenant_id = caller.agent_tenant()?;
-    let rows = state
-        .pipeline
-        .store
-        .escalations(tenant_id, q.order_id.as_deref(), q.open.unwrap_or(false))
-        .await?;
-    let items: Vec<Value> = rows
-        .iter()
-        .map(|e| {
-            json!({
-                "id": e.id,
-                "order_id": e.order_id,
-                "event_id": e.event_id,
-                "decision_id": e.decision_id,
-                "queue": e.queue,
-                "priority": e.priority,
-                "reason": e.reason,
-                "sla_minutes": e.sla_minutes,
-                "status": e.status,
-                "created_at": rfc3339(e.created_at),
-                "updated_at": rfc3339(e.updated_at),
-            })
-        })
-        .collect();
-    Ok(Json(json!({ "items": items, "next": null })))
 }

@@ -46,6 +46,10 @@ pub struct MessageRow {
     pub attempts: i64,
     /// The rendered message, JSON, once rendered.
     pub rendered: Option<String>,
+    /// Explicit recipient (agent notifications); none: the customer.
+    pub recipient: Option<String>,
+    /// The agent key that approved a held message.
+    pub approved_by: Option<String>,
     /// Created, ms.
     pub created_at: i64,
     /// Last change, ms.
@@ -54,7 +58,7 @@ pub struct MessageRow {
 
 const MESSAGE_COLUMNS: &str = "id, tenant_id, event_id, decision_id, order_id, customer_id, channel, template, locale,
     category, priority, dedupe_key, cancel_key, data, status, status_reason, send_at, attempts, rendered,
-    created_at, updated_at";
+    recipient, approved_by, created_at, updated_at";
 
 /// A message to create.
 #[derive(Debug, Clone)]
@@ -91,6 +95,8 @@ pub struct NewMessage<'a> {
     pub status_reason: Option<&'a str>,
     /// Due time, ms.
     pub send_at: i64,
+    /// Explicit recipient (agent notifications).
+    pub recipient: Option<String>,
 }
 
 /// Filters for listing messages.
@@ -147,6 +153,14 @@ pub struct EscalationRow {
     pub created_at: i64,
     /// Last change, ms.
     pub updated_at: i64,
+    /// The tier notified last (0 = first).
+    pub tier: i64,
+    /// When the current tier's time runs out, ms; none when the ladder stopped.
+    pub next_at: Option<i64>,
+    /// 1 when the last tier's time ran out without an acknowledgement.
+    pub breached: i64,
+    /// The held message, for approval tickets.
+    pub message_id: Option<String>,
 }
 
 /// A ticket to open.
@@ -168,6 +182,8 @@ pub struct NewEscalation<'a> {
     pub reason: &'a str,
     /// SLA in minutes.
     pub sla_minutes: Option<i64>,
+    /// The held message, for approval tickets.
+    pub message_id: Option<&'a str>,
 }
 
 impl Store {
@@ -214,8 +230,8 @@ impl Store {
         sqlx::query(
             "INSERT INTO messages (id, tenant_id, event_id, decision_id, order_id, customer_id, channel, template,
                                    locale, category, priority, dedupe_key, cancel_key, data, status, status_reason,
-                                   send_at, attempts, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, 0, $18, $18)",
+                                   send_at, attempts, recipient, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, 0, $18, $19, $19)",
         )
         .bind(&id)
         .bind(m.tenant_id)
@@ -234,6 +250,7 @@ impl Store {
         .bind(m.status)
         .bind(m.status_reason)
         .bind(m.send_at)
+        .bind(&m.recipient)
         .bind(now)
         .execute(&self.pool)
         .await?;
@@ -337,10 +354,10 @@ impl Store {
     pub async fn lease_due_messages(
         &self,
         owner: &str,
+        now: i64,
         limit: i64,
         lease_ms: i64,
     ) -> Result<Vec<MessageRow>, StoreError> {
-        let now = now_ms();
         let query = format!(
             "UPDATE messages SET status = 'sending', lease_owner = $1, lease_until = $2, updated_at = $3
              WHERE id IN (SELECT id FROM messages
@@ -516,15 +533,19 @@ impl Store {
         e: &NewEscalation<'_>,
     ) -> Result<(String, bool), StoreError> {
         let now = now_ms();
-        let open: Option<EscalationRow> = sqlx::query_as(
-            "SELECT * FROM escalations WHERE tenant_id = $1 AND order_id = $2 AND queue = $3
-             AND status IN ('open', 'acknowledged') ORDER BY created_at LIMIT 1",
-        )
-        .bind(e.tenant_id)
-        .bind(e.order_id)
-        .bind(e.queue)
-        .fetch_optional(&self.pool)
-        .await?;
+        let open: Option<EscalationRow> = if e.message_id.is_some() {
+            None
+        } else {
+            sqlx::query_as(
+                "SELECT * FROM escalations WHERE tenant_id = $1 AND order_id = $2 AND queue = $3
+                 AND status IN ('open', 'acknowledged') AND message_id IS NULL ORDER BY created_at LIMIT 1",
+            )
+            .bind(e.tenant_id)
+            .bind(e.order_id)
+            .bind(e.queue)
+            .fetch_optional(&self.pool)
+            .await?
+        };
         if let Some(open) = open {
             let rank = |p: &str| {
                 ["low", "normal", "high", "urgent"]
@@ -551,8 +572,8 @@ impl Store {
         let id = new_id("esc");
         sqlx::query(
             "INSERT INTO escalations (id, tenant_id, order_id, event_id, decision_id, queue, priority, reason,
-                                      sla_minutes, status, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'open', $10, $10)",
+                                      sla_minutes, status, created_at, updated_at, message_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'open', $10, $10, $11)",
         )
         .bind(&id)
         .bind(e.tenant_id)
@@ -564,6 +585,7 @@ impl Store {
         .bind(e.reason)
         .bind(e.sla_minutes)
         .bind(now)
+        .bind(e.message_id)
         .execute(&self.pool)
         .await?;
         Ok((id, true))

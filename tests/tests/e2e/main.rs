@@ -2,6 +2,7 @@
 //! process.
 
 mod hostile;
+mod humans;
 mod plugins;
 mod runner;
 mod service;

@@ -481,7 +481,12 @@ async fn a_restart_loses_nothing_and_sends_nothing_twice(db: Db) {
         .state
         .pipeline
         .store
-        .lease_due_messages("dead-worker", 10, -1)
+        .lease_due_messages(
+            "dead-worker",
+            jiff::Timestamp::now().as_millisecond(),
+            10,
+            -1,
+        )
         .await
         .expect("lease");
     assert_eq!(leased.len(), 2);

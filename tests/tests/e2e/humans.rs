@@ -1,0 +1,602 @@
+//! Humans in the loop: escalation ladders and approvals, with time moved by
+//! the test's clock (never by sleeping), on SQLite and PostgreSQL.
+
+use axum::http::{Method, StatusCode};
+use serde_json::{Value, json};
+use tidings_sdk::testing::fixture;
+use tidings_sdk::types::{EventKind, OrderEvent};
+use tidings_tests::guests;
+use tidings_tests::service::{Db, TestService};
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Db::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Db::Postgres).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    a_delayed_vip_order_climbs_the_ladder_until_an_agent_acknowledges,
+    an_unacknowledged_ticket_is_breached_after_the_last_tier,
+    a_held_refund_is_approved_with_an_edit_and_delivered_with_the_edited_text,
+    a_rejected_message_is_never_sent,
+    an_expired_approval_escalates_or_rejects_but_never_sends,
+    an_approved_message_goes_through_policy_again,
+    an_agent_of_one_tenant_cannot_see_or_act_on_another_tenants_tickets,
+);
+
+fn event(kind: EventKind, order_id: &str) -> OrderEvent {
+    let mut e = fixture(kind);
+    e.id = format!("{order_id}_{kind}");
+    e.order.id = order_id.to_owned();
+    e
+}
+
+fn vip_delay(order_id: &str) -> OrderEvent {
+    let mut e = event(EventKind::DeliveryDelayed, order_id);
+    e.order.customer.tags.push("vip".into());
+    e
+}
+
+fn ladder() -> Value {
+    json!({ "escalation": { "queues": { "vip-care": { "tiers": [
+        { "minutes": 30, "emails": ["first-line@bottega.example"] },
+        { "minutes": 60, "emails": ["manager@bottega.example"], "webhook_url": "https://chat.example/hooks/vip" }
+    ] } } } })
+}
+
+/// Agent notifications sent so far, as (recipient, channel).
+async fn notified(service: &TestService, key: &str, order: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for m in service.messages(key, order).await {
+        if m["customer_id"] == "agent" {
+            let (_, detail) = service
+                .call(
+                    Method::GET,
+                    &format!("/v1/messages/{}", m["id"].as_str().expect("id")),
+                    Some(key),
+                    None,
+                )
+                .await;
+            assert_eq!(detail["status"], "sent", "{detail}");
+            let to = detail["history"]
+                .as_array()
+                .expect("history")
+                .iter()
+                .find_map(|h| h["detail"]["to"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            out.push((to, m["channel"].as_str().unwrap_or("").to_owned()));
+        }
+    }
+    out
+}
+
+async fn ticket(service: &TestService, key: &str, order: &str) -> Value {
+    let (status, list) = service
+        .call(
+            Method::GET,
+            &format!("/v1/escalations?order_id={order}"),
+            Some(key),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    list["items"][0].clone()
+}
+
+async fn step(service: &TestService) {
+    service.run_workers().await;
+    service.run_escalations().await;
+    service.deliver().await;
+}
+
+async fn a_delayed_vip_order_climbs_the_ladder_until_an_agent_acknowledges(db: Db) {
+    let service = TestService::new(db).await;
+    let (tenant, key) = service.tenant("Bottega", ladder()).await;
+    service
+        .install(&key, guests::STANDARD_LIFECYCLE, json!({}))
+        .await;
+    service.default_templates(&key).await;
+    service.agent_templates(&key).await;
+    let agent = service.key(&tenant, "agent").await;
+
+    service.post_event(&key, &vip_delay("ord_vip")).await;
+    step(&service).await;
+    let opened = ticket(&service, &agent, "ord_vip").await;
+    assert_eq!(
+        (opened["queue"].clone(), opened["tier"].clone()),
+        (json!("vip-care"), json!(1))
+    );
+    assert_eq!(
+        notified(&service, &key, "ord_vip").await,
+        [("first-line@bottega.example".into(), "email".into())]
+    );
+    let eml = std::fs::read_dir(&service.outbox)
+        .expect("outbox")
+        .flatten()
+        .filter_map(|f| std::fs::read_to_string(f.path()).ok())
+        .find(|text| text.contains("To: first-line@bottega.example"))
+        .expect("the first tier got an email");
+    assert!(eml.contains("vip-care"), "{eml}");
+
+    // 29 minutes: still tier 1's turn.
+    service.advance_clock(29);
+    step(&service).await;
+    assert_eq!(notified(&service, &key, "ord_vip").await.len(), 1);
+    // 31 minutes: tier 2 (email and chat webhook) is notified.
+    service.advance_clock(2);
+    step(&service).await;
+    let sent = notified(&service, &key, "ord_vip").await;
+    assert!(
+        sent.contains(&("manager@bottega.example".into(), "email".into())),
+        "{sent:?}"
+    );
+    assert!(
+        sent.contains(&("https://chat.example/hooks/vip".into(), "webhook".into())),
+        "{sent:?}"
+    );
+    assert_eq!(ticket(&service, &agent, "ord_vip").await["tier"], 2);
+
+    // An agent acknowledges: the ladder stops, nothing breaches later.
+    let id = opened["id"].as_str().expect("id");
+    let (status, acked) = service
+        .call(
+            Method::POST,
+            &format!("/v1/escalations/{id}/ack"),
+            Some(&agent),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{acked}");
+    assert_eq!(acked["status"], "acknowledged");
+    let (status, _) = service
+        .call(
+            Method::POST,
+            &format!("/v1/escalations/{id}/comment"),
+            Some(&agent),
+            Some(json!({ "body": "Called the carrier." })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    service.advance_clock(600);
+    step(&service).await;
+    let after = ticket(&service, &agent, "ord_vip").await;
+    assert_eq!(after["breached"], false);
+    assert_eq!(notified(&service, &key, "ord_vip").await.len(), 3);
+    let (status, resolved) = service
+        .call(
+            Method::POST,
+            &format!("/v1/escalations/{id}/resolve"),
+            Some(&agent),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, resolved["status"].clone()),
+        (StatusCode::OK, json!("resolved"))
+    );
+
+    // Every step is in the audit log with who did it.
+    let (_, shown) = service
+        .call(
+            Method::GET,
+            &format!("/v1/escalations/{id}"),
+            Some(&agent),
+            None,
+        )
+        .await;
+    assert_eq!(shown["notes"][0]["body"], "Called the carrier.");
+    let (_, audit) = service
+        .call(
+            Method::GET,
+            "/v1/audit?order_id=ord_vip&limit=500",
+            Some(&key),
+            None,
+        )
+        .await;
+    let steps: Vec<(String, String)> = audit["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|a| a["stage"] == "escalation")
+        .map(|a| {
+            (
+                a["action"].as_str().unwrap_or("").to_owned(),
+                a["actor"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    for action in [
+        "opened",
+        "notified",
+        "escalated",
+        "acknowledged",
+        "commented",
+        "resolved",
+    ] {
+        assert!(
+            steps.iter().any(|(a, _)| a == action),
+            "no {action} in {steps:?}"
+        );
+    }
+    assert!(
+        steps
+            .iter()
+            .any(|(a, actor)| a == "acknowledged" && actor.starts_with("key_")),
+        "{steps:?}"
+    );
+}
+
+async fn an_unacknowledged_ticket_is_breached_after_the_last_tier(db: Db) {
+    let service = TestService::new(db).await;
+    let (tenant, key) = service.tenant("Bottega", ladder()).await;
+    service
+        .install(&key, guests::STANDARD_LIFECYCLE, json!({}))
+        .await;
+    service.default_templates(&key).await;
+    service.agent_templates(&key).await;
+    let agent = service.key(&tenant, "agent").await;
+    service.post_event(&key, &vip_delay("ord_b")).await;
+    step(&service).await;
+    service.advance_clock(31);
+    step(&service).await;
+    service.advance_clock(59);
+    step(&service).await;
+    assert_eq!(ticket(&service, &agent, "ord_b").await["breached"], false);
+    service.advance_clock(2);
+    step(&service).await;
+    let (_, breached) = service
+        .call(
+            Method::GET,
+            "/v1/escalations?breached=true",
+            Some(&agent),
+            None,
+        )
+        .await;
+    assert_eq!(
+        breached["items"].as_array().expect("items").len(),
+        1,
+        "{breached}"
+    );
+    assert_eq!(breached["items"][0]["tier"], 2);
+    let (_, high) = service
+        .call(
+            Method::GET,
+            "/v1/escalations?queue=vip-care&priority=high&status=open",
+            Some(&agent),
+            None,
+        )
+        .await;
+    assert_eq!(high["items"].as_array().expect("items").len(), 1);
+}
+
+/// A shop whose refunds above 10.00 need an agent's yes.
+async fn approval_shop(service: &TestService, approval: Value) -> (String, String, String) {
+    let settings = json!({ "escalation": { "approval": approval, "queues": { "approvals": { "tiers": [
+        { "minutes": 120, "emails": ["refunds@bottega.example"] },
+        { "minutes": 240, "emails": ["finance@bottega.example"] }
+    ] } } } });
+    let (tenant, key) = service.tenant("Bottega", settings).await;
+    service
+        .install(
+            &key,
+            guests::VIP_CONCIERGE,
+            json!({ "refund_approval_threshold_minor": 1000 }),
+        )
+        .await;
+    service.default_templates(&key).await;
+    service.agent_templates(&key).await;
+    let agent = service.key(&tenant, "agent").await;
+    (tenant, key, agent)
+}
+
+async fn held(service: &TestService, agent: &str) -> Vec<Value> {
+    let (status, list) = service
+        .call(Method::GET, "/v1/approvals", Some(agent), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    list["items"].as_array().cloned().unwrap_or_default()
+}
+
+async fn a_held_refund_is_approved_with_an_edit_and_delivered_with_the_edited_text(db: Db) {
+    let service = TestService::new(db).await;
+    let (_, key, agent) = approval_shop(&service, json!({})).await;
+    service
+        .post_event(&key, &event(EventKind::RefundCreated, "ord_r"))
+        .await;
+    step(&service).await;
+
+    let waiting = held(&service, &agent).await;
+    assert_eq!(waiting.len(), 1, "{waiting:?}");
+    let message = &waiting[0];
+    assert_eq!(message["template"], "refund-issued");
+    assert!(
+        message["rendered"]["text"]
+            .as_str()
+            .expect("rendered for the agent")
+            .contains("#1042")
+    );
+    assert!(!message["reason"].as_str().expect("reason").is_empty());
+    assert!(
+        notified(&service, &key, "ord_r")
+            .await
+            .contains(&("refunds@bottega.example".into(), "email".into()))
+    );
+
+    let id = message["id"].as_str().expect("id");
+    let edited = "Ciao Giulia,\n\nabbiamo rimborsato 59,00 € <subito>.\n\nA presto!";
+    let (status, approved) = service
+        .call(
+            Method::POST,
+            &format!("/v1/approvals/{id}/approve"),
+            Some(&agent),
+            Some(json!({ "subject": "Rimborso per l'ordine #1042", "text": edited })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{approved}");
+    assert_eq!(approved["status"], "scheduled");
+    step(&service).await;
+
+    let (_, sent) = service
+        .call(Method::GET, &format!("/v1/messages/{id}"), Some(&key), None)
+        .await;
+    assert_eq!(sent["status"], "sent", "{sent}");
+    assert_eq!(sent["rendered"]["text"], edited);
+    let eml = std::fs::read_to_string(service.outbox.join(format!("{id}.eml"))).expect("delivered");
+    assert!(eml.contains("abbiamo rimborsato"), "{eml}");
+    let html = sent["rendered"]["html"].as_str().expect("html part");
+    assert!(
+        html.contains("&lt;subito&gt;") && !html.contains("<subito>"),
+        "the edit is escaped in HTML: {html}"
+    );
+    assert!(eml.contains("text/html"), "{eml}");
+    assert!(held(&service, &agent).await.is_empty());
+    let (_, tickets) = service
+        .call(
+            Method::GET,
+            "/v1/escalations?queue=approvals",
+            Some(&agent),
+            None,
+        )
+        .await;
+    assert_eq!(tickets["items"][0]["status"], "resolved");
+}
+
+async fn a_rejected_message_is_never_sent(db: Db) {
+    let service = TestService::new(db).await;
+    let (_, key, agent) = approval_shop(&service, json!({})).await;
+    service
+        .post_event(&key, &event(EventKind::RefundCreated, "ord_x"))
+        .await;
+    step(&service).await;
+    let id = held(&service, &agent).await[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let (status, _) = service
+        .call(
+            Method::POST,
+            &format!("/v1/approvals/{id}/reject"),
+            Some(&agent),
+            Some(json!({ "reason": "" })),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "a rejection needs a reason"
+    );
+    let (status, rejected) = service
+        .call(
+            Method::POST,
+            &format!("/v1/approvals/{id}/reject"),
+            Some(&agent),
+            Some(json!({ "reason": "refund was reversed" })),
+        )
+        .await;
+    assert_eq!(
+        (status, rejected["status"].clone()),
+        (StatusCode::OK, json!("rejected"))
+    );
+    let (status, _) = service
+        .call(
+            Method::POST,
+            &format!("/v1/approvals/{id}/approve"),
+            Some(&agent),
+            None,
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "a rejected message cannot be approved"
+    );
+    service.advance_clock(24 * 60);
+    step(&service).await;
+    let (_, after) = service
+        .call(Method::GET, &format!("/v1/messages/{id}"), Some(&key), None)
+        .await;
+    assert_eq!(after["status"], "rejected");
+    assert!(!service.outbox.join(format!("{id}.eml")).exists());
+}
+
+async fn an_expired_approval_escalates_or_rejects_but_never_sends(db: Db) {
+    // Default: expiry moves the approval up the queue's tiers, still held.
+    let service = TestService::new(db).await;
+    let (_, key, agent) = approval_shop(&service, json!({})).await;
+    service
+        .post_event(&key, &event(EventKind::RefundCreated, "ord_e"))
+        .await;
+    step(&service).await;
+    let id = held(&service, &agent).await[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    service.advance_clock(121);
+    step(&service).await;
+    assert!(
+        notified(&service, &key, "ord_e")
+            .await
+            .contains(&("finance@bottega.example".into(), "email".into()))
+    );
+    service.advance_clock(241);
+    step(&service).await;
+    let (_, message) = service
+        .call(Method::GET, &format!("/v1/messages/{id}"), Some(&key), None)
+        .await;
+    assert_eq!(message["status"], "held", "never sent unapproved");
+    let (_, tickets) = service
+        .call(
+            Method::GET,
+            "/v1/escalations?queue=approvals&breached=true",
+            Some(&agent),
+            None,
+        )
+        .await;
+    assert_eq!(tickets["items"].as_array().expect("items").len(), 1);
+
+    // Configured to reject on expiry.
+    let service = TestService::new(db).await;
+    let (_, key, agent) = approval_shop(&service, json!({ "on_expiry": "reject" })).await;
+    service
+        .post_event(&key, &event(EventKind::RefundCreated, "ord_e2"))
+        .await;
+    step(&service).await;
+    let id = held(&service, &agent).await[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    service.advance_clock(121);
+    step(&service).await;
+    let (_, message) = service
+        .call(Method::GET, &format!("/v1/messages/{id}"), Some(&key), None)
+        .await;
+    assert_eq!(message["status"], "rejected", "{message}");
+    assert_eq!(message["status_reason"], "approval expired");
+}
+
+async fn an_approved_message_goes_through_policy_again(db: Db) {
+    let service = TestService::new(db).await;
+    let (tenant, key, agent) = approval_shop(&service, json!({})).await;
+    service
+        .post_event(&key, &event(EventKind::RefundCreated, "ord_p"))
+        .await;
+    step(&service).await;
+    let id = held(&service, &agent).await[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    // Meanwhile the customer's address bounced.
+    service
+        .state
+        .pipeline
+        .store
+        .suppress(&tenant, "email", "giulia.rossi@example.com", "hard bounce")
+        .await
+        .expect("suppress");
+    let (status, _) = service
+        .call(
+            Method::POST,
+            &format!("/v1/approvals/{id}/approve"),
+            Some(&agent),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    step(&service).await;
+    let (_, message) = service
+        .call(Method::GET, &format!("/v1/messages/{id}"), Some(&key), None)
+        .await;
+    assert_eq!(message["status"], "suppressed", "{message}");
+    assert!(!service.outbox.join(format!("{id}.eml")).exists());
+}
+
+async fn an_agent_of_one_tenant_cannot_see_or_act_on_another_tenants_tickets(db: Db) {
+    let service = TestService::new(db).await;
+    let (_, key_b, agent_b) = approval_shop(&service, json!({})).await;
+    service.post_event(&key_b, &vip_delay("ord_b")).await;
+    service
+        .post_event(&key_b, &event(EventKind::RefundCreated, "ord_b2"))
+        .await;
+    step(&service).await;
+    let message_b = held(&service, &agent_b).await[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let (_, tickets_b) = service
+        .call(Method::GET, "/v1/escalations", Some(&agent_b), None)
+        .await;
+    let ticket_b = tickets_b["items"][0]["id"]
+        .as_str()
+        .expect("B has a ticket")
+        .to_owned();
+
+    let (tenant_a, _) = service.tenant("A", json!({})).await;
+    let agent_a = service.key(&tenant_a, "agent").await;
+    let (_, list) = service
+        .call(Method::GET, "/v1/escalations", Some(&agent_a), None)
+        .await;
+    assert_eq!(list["items"], json!([]));
+    assert!(held(&service, &agent_a).await.is_empty());
+    for (method, path, body) in [
+        (Method::GET, format!("/v1/escalations/{ticket_b}"), None),
+        (
+            Method::POST,
+            format!("/v1/escalations/{ticket_b}/ack"),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/v1/escalations/{ticket_b}/resolve"),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/v1/escalations/{ticket_b}/comment"),
+            Some(json!({ "body": "hi" })),
+        ),
+        (
+            Method::POST,
+            format!("/v1/approvals/{message_b}/approve"),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/v1/approvals/{message_b}/reject"),
+            Some(json!({ "reason": "no" })),
+        ),
+    ] {
+        let (status, _) = service
+            .call(method.clone(), &path, Some(&agent_a), body)
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}");
+    }
+    // Agents reach only escalations and approvals.
+    let (status, _) = service
+        .call(Method::GET, "/v1/messages", Some(&agent_b), None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (_, still) = service
+        .call(
+            Method::GET,
+            &format!("/v1/escalations/{ticket_b}"),
+            Some(&agent_b),
+            None,
+        )
+        .await;
+    assert_eq!(still["status"], "open");
+}
