@@ -273,6 +273,7 @@ pub async fn deliver(
                     ("status", status),
                 ],
             );
+            report_failure(pipeline, m, &reason).await?;
             audit(
                 pipeline,
                 m,
@@ -298,7 +299,47 @@ async fn fail(pipeline: &Pipeline, m: &MessageRow, reason: &str) -> Result<(), P
             ("status", "failed"),
         ],
     );
-    audit(pipeline, m, "render", "failed", json!({ "reason": reason })).await
+    audit(pipeline, m, "render", "failed", json!({ "reason": reason })).await?;
+    report_failure(pipeline, m, reason).await
+}
+
+/// The queue the host uses for messages that could not be delivered.
+pub const DELIVERY_FAILURES_QUEUE: &str = "delivery-failures";
+
+/// A customer message that failed for good opens (or joins) a ticket in
+/// `delivery-failures`, so a human sees it. Agent notifications do not, so a
+/// broken notification channel cannot feed itself.
+async fn report_failure(
+    pipeline: &Pipeline,
+    m: &MessageRow,
+    reason: &str,
+) -> Result<(), PipelineError> {
+    if m.recipient.is_some() {
+        return Ok(());
+    }
+    let Some(row) = pipeline.store.event(&m.tenant_id, &m.event_id).await? else {
+        return Ok(());
+    };
+    let (_, settings) = pipeline.tenant(&m.tenant_id).await?;
+    let reason = format!(
+        "message {} ({} via {}) failed: {reason}",
+        m.id, m.template, m.channel
+    );
+    crate::escalation::open(
+        pipeline,
+        &row,
+        &settings,
+        &crate::escalation::Opening {
+            queue: DELIVERY_FAILURES_QUEUE,
+            priority: "normal",
+            reason: &reason,
+            sla_minutes: None,
+            decision_id: None,
+            message_id: None,
+        },
+    )
+    .await?;
+    Ok(())
 }
 
 async fn audit(
