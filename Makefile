@@ -9,7 +9,7 @@ LIFECYCLE := order_created order_paid order_preparing shipment_created \
 	backordered items_cancelled order_cancelled
 PLUGIN := target/wasm32-wasip2/plugin/standard_lifecycle.wasm
 
-.PHONY: run test lint plugins target postgres check-plugin
+.PHONY: run test lint plugins target postgres python-deps check-plugin
 
 target:
 	rustup target add wasm32-wasip2
@@ -38,8 +38,12 @@ postgres:
 		pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start || \
 		echo "warning: PostgreSQL is not running on 127.0.0.1:5432; the PostgreSQL tests will fail"
 
+## The SMTP tests run a real SMTP server (aiosmtpd) and check DKIM with dkimpy.
+python-deps:
+	python3 -m pip install --quiet aiosmtpd dkimpy
+
 ## The whole test suite: SDK, plugins (native), host, end-to-end.
-test: target postgres
+test: target postgres python-deps
 	cargo test --workspace
 
 ## Formatting and lints, as CI checks them.

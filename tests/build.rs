@@ -16,6 +16,14 @@ const GUESTS: &[(&str, &str)] = &[
     ("FUTURE_CONTRACT", "future-contract-guest"),
 ];
 
+/// Components built as examples of the hostile guest crate (one cdylib
+/// each), so odd components need no workspace member of their own.
+const HOSTILE_EXAMPLES: &[(&str, &str)] = &[
+    ("NOT_A_PLUGIN", "not-a-plugin"),
+    ("MISSING_IMPORT", "missing-import"),
+    ("INIT_TRAP", "init-trap"),
+];
+
 fn main() {
     let manifest_dir =
         PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
@@ -38,16 +46,55 @@ fn main() {
         );
     }
 
+    let packages = GUESTS.iter().flat_map(|(_, package)| ["-p", *package]);
+    build_guests(&workspace, &target_dir, packages);
+    build_guests(
+        &workspace,
+        &target_dir,
+        ["-p", "hostile-guest", "--examples"],
+    );
+
+    let out_dir = target_dir.join("wasm32-wasip2").join("plugin");
+    let components = GUESTS
+        .iter()
+        .map(|(constant, package)| (constant, package, out_dir.clone()))
+        .chain(
+            HOSTILE_EXAMPLES
+                .iter()
+                .map(|(constant, example)| (constant, example, out_dir.join("examples"))),
+        );
+    let mut constants = String::new();
+    for (constant, package, dir) in components {
+        let file = dir.join(format!("{}.wasm", package.replace('-', "_")));
+        assert!(
+            file.exists(),
+            "expected {} after the guest build",
+            file.display()
+        );
+        constants.push_str(&format!(
+            "/// The `{package}` component.\npub const {constant}: &str = {:?};\n",
+            file.display().to_string()
+        ));
+    }
+    let out =
+        PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("guests.rs");
+    std::fs::write(out, constants).expect("cannot write guests.rs");
+}
+
+/// `cargo build` for `wasm32-wasip2` with the `plugin` profile and `args`.
+fn build_guests<'a>(
+    workspace: &std::path::Path,
+    target_dir: &std::path::Path,
+    args: impl IntoIterator<Item = &'a str>,
+) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = Command::new(cargo);
     build
-        .current_dir(&workspace)
+        .current_dir(workspace)
         .args(["build", "--target", "wasm32-wasip2", "--profile", "plugin"])
         .arg("--target-dir")
-        .arg(&target_dir);
-    for (_, package) in GUESTS {
-        build.args(["-p", package]);
-    }
+        .arg(target_dir)
+        .args(args);
     // Flags meant for the host build must not leak into the guest build.
     for var in [
         "CARGO_ENCODED_RUSTFLAGS",
@@ -67,24 +114,4 @@ fn main() {
              run `rustup target add wasm32-wasip2`"
         );
     }
-
-    let mut constants = String::new();
-    for (constant, package) in GUESTS {
-        let file = target_dir
-            .join("wasm32-wasip2")
-            .join("plugin")
-            .join(format!("{}.wasm", package.replace('-', "_")));
-        assert!(
-            file.exists(),
-            "expected {} after the guest build",
-            file.display()
-        );
-        constants.push_str(&format!(
-            "/// The `{package}` component.\npub const {constant}: &str = {:?};\n",
-            file.display().to_string()
-        ));
-    }
-    let out =
-        PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("guests.rs");
-    std::fs::write(out, constants).expect("cannot write guests.rs");
 }

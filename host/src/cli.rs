@@ -8,7 +8,7 @@ use tidings_sdk::types::Timestamp;
 
 use crate::decide::{Limits, Runtime, RuntimeConfig};
 use crate::runner::{self, Report, RunnerError};
-use crate::serve::{Role, ServeConfig};
+use crate::serve::{DeliveryConfig, Role, ServeConfig};
 
 /// Tidings: a WebAssembly plugin host for e-commerce notification rules.
 #[derive(Debug, Parser)]
@@ -65,6 +65,37 @@ struct ServiceArgs {
     /// Log filter, e.g. `info` or `tidings_host=debug`.
     #[arg(long, env = "TIDINGS_LOG", default_value = "info")]
     log: String,
+    /// SMTP relay for email: `smtp://host:port` (plain),
+    /// `smtp://host:587?tls=starttls`, or `smtps://host:465`, with optional
+    /// `user:password@` (percent-encoded). Absent: email goes to the outbox
+    /// as .eml files.
+    #[arg(long, env = "TIDINGS_SMTP_URL", hide_env_values = true)]
+    smtp_url: Option<String>,
+    /// This service's public base URL (e.g. `https://tidings.example.com`):
+    /// SMS/WhatsApp status callbacks are sent to it and their signatures
+    /// checked against it.
+    #[arg(long, env = "TIDINGS_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Base URL of the Twilio-compatible Messages API used for SMS and
+    /// WhatsApp (each tenant sets its own account with PUT /v1/channels/sms).
+    #[arg(
+        long,
+        env = "TIDINGS_TWILIO_API_BASE",
+        default_value = "https://api.twilio.com"
+    )]
+    twilio_api_base: String,
+    /// Let tenants' webhook and push URLs reach loopback, private,
+    /// link-local and metadata addresses. Off by default: a tenant's URL
+    /// must not reach inside your network. For development only.
+    #[arg(long, env = "TIDINGS_ALLOW_PRIVATE_DESTINATIONS")]
+    allow_private_destinations: bool,
+    /// Timeout of each provider or webhook request, in milliseconds.
+    #[arg(long, env = "TIDINGS_HTTP_TIMEOUT_MS", default_value_t = 10_000)]
+    http_timeout_ms: u64,
+    /// Seconds a worker owns a leased job; a job a dead process held is
+    /// taken over after this long.
+    #[arg(long, env = "TIDINGS_LEASE_SECS", default_value_t = 60)]
+    lease_secs: u64,
 }
 
 impl ServiceArgs {
@@ -76,6 +107,14 @@ impl ServiceArgs {
             outbox: self.outbox.clone(),
             cache_dir: Some(self.cache_dir.clone()),
             role,
+            delivery: DeliveryConfig {
+                smtp_url: self.smtp_url.clone(),
+                public_url: self.public_url.clone(),
+                twilio_api_base: self.twilio_api_base.clone(),
+                allow_private_destinations: self.allow_private_destinations,
+                http_timeout: std::time::Duration::from_millis(self.http_timeout_ms),
+            },
+            lease: std::time::Duration::from_secs(self.lease_secs.max(1)),
         }
     }
 }

@@ -33,7 +33,7 @@ use wasmtime::{Engine, Store, Trap};
 use crate::bindings::{self, CONTRACT_VERSION, PLUGIN_INTERFACE, RulePre, convert::Conv};
 use cache::ArtifactCache;
 pub use fault::{DecideError, Fault, LoadError, RuntimeError};
-pub use limits::{EngineLimits, Limits};
+pub use limits::{EngineLimits, InvalidLimit, Limits};
 use limits::{EpochTicker, MemoryLimitExceeded};
 use sandbox::SandboxState;
 pub use sandbox::{LogLine, Source};
@@ -324,7 +324,11 @@ impl Runtime {
     }
 
     fn sandbox(&self, limits: &Limits, now_ms: i64, seed: &str) -> Run {
-        let state = SandboxState::new(now_ms, seed, limits.memory_bytes, limits.max_log_bytes);
+        // The instance pool reserves only so much per memory; a larger limit
+        // (settings are validated, but a CLI flag or an old row may not be)
+        // would let a grow fail inside the pool instead of trapping precisely.
+        let memory_bytes = limits.memory_bytes.min(self.engine_limits.max_memory_bytes);
+        let state = SandboxState::new(now_ms, seed, memory_bytes, limits.max_log_bytes);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.memory);
         store
@@ -409,7 +413,8 @@ impl Runtime {
             limits.clone(),
         );
         let id = plugin.id().clone();
-        tokio::task::spawn_blocking(move || {
+        let event_id = event.id.clone();
+        let result = tokio::task::spawn_blocking(move || {
             let _permits = permits;
             runtime.evaluate(&plugin, &event, &ctx, &limits)
         })
@@ -423,7 +428,18 @@ impl Runtime {
                 usage: Usage::default(),
                 log: Vec::new(),
             })
-        })
+        });
+        // Ids and numbers only: the event's customer details never reach logs.
+        match &result {
+            Ok(d) => tracing::debug!(
+                tenant, event = %event_id, plugin = %d.plugin, fuel = d.usage.fuel,
+                wall_time_us = d.usage.wall_time_us, rule_error = d.outcome.is_err(), "decided"
+            ),
+            Err(e) => tracing::info!(
+                tenant, event = %event_id, plugin = %e.plugin, fault = %e.fault, "plugin faulted"
+            ),
+        }
+        result
     }
 
     /// Wait for a slot for `tenant`, then a global one. The tenant slot comes

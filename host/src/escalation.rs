@@ -2,27 +2,103 @@
 //! messages held for an agent's approval.
 //!
 //! In: `escalate` and `hold-for-approval` actions (and the host's own
-//! `plugin-faults` tickets), agent requests, and the clock. Out: tickets that
-//! climb their queue's tiers — each tier notified through the normal render +
-//! dispatch path with its own templates — until an agent acknowledges them or
-//! the last tier's time runs out (`breached`); held messages that are
+//! `plugin-faults` and `delivery-failures` tickets), agent requests, and the
+//! clock. Out: tickets that climb their queue's tiers — each tier notified
+//! through the normal render + dispatch path with its own templates (the
+//! tenant's, else the host's built-in ones) — until an agent acknowledges
+//! them or the last tier's time runs out (`breached`); held messages that are
 //! approved (optionally edited), rejected, or expire. Timers are columns
-//! (`next_at`), so they survive restarts; every step is audited with who did
-//! it. Fails with [`EscalationError`].
+//! (`next_at` for the ladder, `expires_at` for a held message), so they
+//! survive restarts: a ticket is opened with its first timer set and its
+//! first tier's notifications in one transaction, and a due ticket is claimed
+//! with a lease and moved up (timer re-armed, notifications inserted) in one
+//! transaction, so a crash in between leaves it due again rather than lost.
+//! Every step is audited with who did it. Fails with [`EscalationError`].
 
 use serde_json::json;
 use tidings_sdk::action::Notify;
-use tidings_sdk::types::{OrderEvent, Timestamp};
+use tidings_sdk::types::{Channel, OrderEvent, Timestamp};
 
 use crate::pipeline::{Pipeline, PipelineError, enum_str};
-use crate::render::Rendered;
+use crate::render::{Rendered, TemplateParts, TemplateSet};
 use crate::settings::{ExpiryAction, TenantSettings, Tier};
-use crate::store::{AuditEntry, EscalationRow, EventRow, NewEscalation, NewMessage, StoreError};
+use crate::store::{
+    AuditEntry, EscalationRow, EventRow, MessageRow, NewEscalation, NewMessage, StoreError,
+};
 
 /// Template for tier notifications of ordinary tickets.
 pub const NOTICE_TEMPLATE: &str = "escalation-notice";
 /// Template for tier notifications of approval tickets.
 pub const APPROVAL_TEMPLATE: &str = "approval-request";
+
+/// How long a worker holds a claimed ticket; if it dies before moving the
+/// ticket on, the ticket is due again after this.
+pub const CLAIM_LEASE_MS: i64 = 60_000;
+
+/// The host's own agent templates (`host/templates/`), used when a tenant
+/// has none of that name: (name, channel, locale, source).
+const BUILTIN_TEMPLATES: &[(&str, Channel, &str, &str)] = &[
+    (
+        NOTICE_TEMPLATE,
+        Channel::Email,
+        "en",
+        include_str!("../templates/en/escalation-notice.email.jinja"),
+    ),
+    (
+        NOTICE_TEMPLATE,
+        Channel::Webhook,
+        "en",
+        include_str!("../templates/en/escalation-notice.webhook.jinja"),
+    ),
+    (
+        APPROVAL_TEMPLATE,
+        Channel::Email,
+        "en",
+        include_str!("../templates/en/approval-request.email.jinja"),
+    ),
+    (
+        APPROVAL_TEMPLATE,
+        Channel::Webhook,
+        "en",
+        include_str!("../templates/en/approval-request.webhook.jinja"),
+    ),
+];
+
+/// Add the host's built-in agent templates for `m` to `templates` when `m`
+/// is an agent notification and the tenant has no template of its name on
+/// its channel, so agents are always told; a tenant's own template wins.
+pub fn add_builtin_templates(templates: &mut TemplateSet, m: &MessageRow) {
+    if m.recipient.is_some() {
+        add_builtin(templates, &m.template, &m.channel);
+    }
+}
+
+fn add_builtin(templates: &mut TemplateSet, template: &str, channel: &str) {
+    let mut builtin = BUILTIN_TEMPLATES
+        .iter()
+        .filter(|(name, c, _, _)| *name == template && enum_str(c) == channel)
+        .peekable();
+    let Some((_, channel, _, _)) = builtin.peek() else {
+        return;
+    };
+    let channel = *channel;
+    if templates
+        .keys()
+        .any(|(name, c, _)| name == template && *c == channel)
+    {
+        return;
+    }
+    for (name, c, locale, source) in builtin {
+        templates.insert(
+            ((*name).to_owned(), *c, (*locale).to_owned()),
+            builtin_parts(source),
+        );
+    }
+}
+
+fn builtin_parts(source: &str) -> TemplateParts {
+    crate::render::parse_parts(source).expect("the built-in templates parse (unit-tested)")
+}
 
 /// Why an agent request failed.
 #[derive(Debug, thiserror::Error)]
@@ -82,27 +158,88 @@ fn after(now: Timestamp, minutes: i64) -> i64 {
         .saturating_add(minutes.saturating_mul(60_000))
 }
 
+/// The ticket a tier notification is about.
+struct About<'a> {
+    id: &'a str,
+    tenant_id: &'a str,
+    event_id: &'a str,
+    order_id: &'a str,
+    queue: &'a str,
+    priority: &'a str,
+    reason: &'a str,
+    approval: bool,
+}
+
+impl<'a> From<&'a EscalationRow> for About<'a> {
+    fn from(t: &'a EscalationRow) -> Self {
+        Self {
+            id: &t.id,
+            tenant_id: &t.tenant_id,
+            event_id: &t.event_id,
+            order_id: &t.order_id,
+            queue: &t.queue,
+            priority: &t.priority,
+            reason: &t.reason,
+            approval: t.message_id.is_some(),
+        }
+    }
+}
+
 /// Open a ticket for `row`'s order (merged into an open one of the same
-/// queue), and start its ladder: the first tier is notified now.
+/// queue), and start its ladder: the first tier is notified now, and the
+/// ticket is due again when that tier's time (or the action's `sla_minutes`)
+/// runs out. An approval ticket also expires `expire_minutes` from now.
 pub async fn open(
     pipeline: &Pipeline,
     row: &EventRow,
     settings: &TenantSettings,
     opening: &Opening<'_>,
 ) -> Result<String, PipelineError> {
-    let (ticket_id, new) = pipeline
+    let now = pipeline.now();
+    let tiers = tiers(settings, opening.queue);
+    let id = crate::store::new_id("esc");
+    // Tier 1 has the action's SLA, else its own minutes; a held message
+    // expires `expire_minutes` after it was held, whatever the tiers.
+    let next_at = opening
+        .sla_minutes
+        .or(tiers.first().map(|t| i64::from(t.minutes)))
+        .map(|m| after(now, m));
+    let expires_at = opening
+        .message_id
+        .map(|_| after(now, i64::from(settings.escalation.approval.expire_minutes)));
+    let about = About {
+        id: &id,
+        tenant_id: &row.tenant_id,
+        event_id: &row.id,
+        order_id: &row.order_id,
+        queue: opening.queue,
+        priority: opening.priority,
+        reason: opening.reason,
+        approval: opening.message_id.is_some(),
+    };
+    let notices = tiers
+        .first()
+        .map(|tier| notices(&about, 0, tier, now))
+        .unwrap_or_default();
+    let (ticket_id, new, notice_ids) = pipeline
         .store
-        .open_escalation(&NewEscalation {
-            tenant_id: &row.tenant_id,
-            order_id: &row.order_id,
-            event_id: &row.id,
-            decision_id: opening.decision_id,
-            queue: opening.queue,
-            priority: opening.priority,
-            reason: opening.reason,
-            sla_minutes: opening.sla_minutes,
-            message_id: opening.message_id,
-        })
+        .open_escalation(
+            &NewEscalation {
+                tenant_id: &row.tenant_id,
+                order_id: &row.order_id,
+                event_id: &row.id,
+                decision_id: opening.decision_id,
+                queue: opening.queue,
+                priority: opening.priority,
+                reason: opening.reason,
+                sla_minutes: opening.sla_minutes,
+                message_id: opening.message_id,
+                next_at,
+                expires_at,
+            },
+            &id,
+            &notices,
+        )
         .await?;
     let detail = json!({ "ticket": ticket_id, "queue": opening.queue, "priority": opening.priority,
                          "reason": opening.reason, "sla_minutes": opening.sla_minutes });
@@ -117,43 +254,28 @@ pub async fn open(
         )
         .await?;
     if new {
-        let now = pipeline.now();
-        let ticket = pipeline
-            .store
-            .escalation(&row.tenant_id, &ticket_id)
-            .await?
-            .ok_or_else(|| PipelineError::Corrupt {
-                what: "escalation",
-                message: "vanished after insert".into(),
-            })?;
-        let tiers = tiers(settings, opening.queue);
-        let first = match (opening.sla_minutes, tiers.first(), opening.message_id) {
-            (Some(sla), _, _) => Some(sla),
-            (None, Some(tier), _) => Some(i64::from(tier.minutes)),
-            (None, None, Some(_)) => Some(i64::from(settings.escalation.approval.expire_minutes)),
-            (None, None, None) => None,
-        };
-        if let Some(tier) = tiers.first() {
-            notify_tier(pipeline, &ticket, settings, 0, tier).await?;
-        }
-        pipeline
-            .store
-            .set_escalation_tier(&ticket_id, 0, first.map(|m| after(now, m)))
-            .await?;
+        audit_notices(
+            pipeline,
+            &about,
+            opening.message_id,
+            0,
+            &notices,
+            &notice_ids,
+        )
+        .await?;
     }
     Ok(ticket_id)
 }
 
-/// Notify one tier: a message per agent address and one for the webhook,
-/// rendered and dispatched like any other.
-async fn notify_tier(
-    pipeline: &Pipeline,
-    ticket: &EscalationRow,
-    _settings: &TenantSettings,
+/// One tier's notifications: a message per agent address and one for the
+/// webhook, rendered and dispatched like any other.
+fn notices<'a>(
+    ticket: &About<'a>,
     index: usize,
     tier: &Tier,
-) -> Result<(), PipelineError> {
-    let template = if ticket.message_id.is_some() {
+    now: Timestamp,
+) -> Vec<NewMessage<'a>> {
+    let template = if ticket.approval {
         APPROVAL_TEMPLATE
     } else {
         NOTICE_TEMPLATE
@@ -167,52 +289,64 @@ async fn notify_tier(
         "order_id": ticket.order_id,
     })
     .to_string();
-    let now = pipeline.now().as_millisecond();
     let mut recipients: Vec<(&str, &str)> =
         tier.emails.iter().map(|e| ("email", e.as_str())).collect();
     if let Some(url) = &tier.webhook_url {
         recipients.push(("webhook", url.as_str()));
     }
-    for (channel, to) in recipients {
-        let id = pipeline
-            .store
-            .insert_message(&NewMessage {
-                tenant_id: &ticket.tenant_id,
-                event_id: &ticket.event_id,
-                decision_id: &ticket.id,
-                order_id: &ticket.order_id,
-                customer_id: "agent",
-                channel: channel.to_owned(),
-                template,
-                locale: None,
-                category: "transactional".to_owned(),
-                priority: ticket.priority.clone(),
-                dedupe_key: None,
-                cancel_key: None,
-                data: data.clone(),
-                status: "scheduled",
-                status_reason: Some("agent notification"),
-                send_at: now,
-                recipient: Some(to.to_owned()),
-            })
-            .await?;
-        audit_ticket(
+    recipients
+        .into_iter()
+        .map(|(channel, to)| NewMessage {
+            tenant_id: ticket.tenant_id,
+            event_id: ticket.event_id,
+            decision_id: ticket.id,
+            order_id: ticket.order_id,
+            customer_id: "agent",
+            channel: channel.to_owned(),
+            template,
+            locale: None,
+            category: "transactional".to_owned(),
+            priority: ticket.priority.to_owned(),
+            dedupe_key: None,
+            cancel_key: None,
+            data: data.clone(),
+            status: "scheduled",
+            status_reason: Some("agent notification"),
+            send_at: now.as_millisecond(),
+            recipient: Some(to.to_owned()),
+        })
+        .collect()
+}
+
+/// Audit the notifications a tier step inserted, and wake the sender.
+async fn audit_notices(
+    pipeline: &Pipeline,
+    ticket: &About<'_>,
+    held: Option<&str>,
+    index: usize,
+    notices: &[NewMessage<'_>],
+    ids: &[String],
+) -> Result<(), PipelineError> {
+    for (notice, id) in notices.iter().zip(ids) {
+        audit_about(
             pipeline,
             ticket,
-            Some(&id),
+            Some(id.as_str()).or(held),
             "notified",
             "system",
-            json!({ "tier": index + 1, "channel": channel, "to": to }),
+            json!({ "tier": index + 1, "channel": notice.channel, "to": notice.recipient }),
         )
         .await?;
     }
-    pipeline.wake_messages();
+    if !ids.is_empty() {
+        pipeline.wake_messages();
+    }
     Ok(())
 }
 
-async fn audit_ticket(
+async fn audit_about(
     pipeline: &Pipeline,
-    ticket: &EscalationRow,
+    ticket: &About<'_>,
     message_id: Option<&str>,
     action: &str,
     actor: &str,
@@ -223,10 +357,10 @@ async fn audit_ticket(
     pipeline
         .store
         .audit(AuditEntry {
-            tenant_id: &ticket.tenant_id,
-            order_id: Some(&ticket.order_id),
-            event_id: Some(&ticket.event_id),
-            message_id: message_id.or(ticket.message_id.as_deref()),
+            tenant_id: ticket.tenant_id,
+            order_id: Some(ticket.order_id),
+            event_id: Some(ticket.event_id),
+            message_id,
             stage: "escalation",
             action,
             actor,
@@ -236,76 +370,191 @@ async fn audit_ticket(
     Ok(())
 }
 
-/// Move every ticket whose tier time ran out by `now` up its ladder: notify
-/// the next tier, or mark it breached after the last; an expired approval
-/// with `on_expiry: reject` is rejected instead. Returns how many moved.
+async fn audit_ticket(
+    pipeline: &Pipeline,
+    ticket: &EscalationRow,
+    message_id: Option<&str>,
+    action: &str,
+    actor: &str,
+    detail: serde_json::Value,
+) -> Result<(), PipelineError> {
+    let message_id = message_id.or(ticket.message_id.as_deref());
+    audit_about(pipeline, &ticket.into(), message_id, action, actor, detail).await
+}
+
+/// Move every ticket due by `now` along: when a tier's time ran out, notify
+/// the next tier, or mark the ticket breached after the last; when a held
+/// message expired, apply the tenant's `on_expiry` (reject it, or move its
+/// ticket up a tier at once). Each ticket is claimed with a lease and moved
+/// in one transaction with the notifications it sends, so it is notified
+/// exactly once even if a worker dies midway. A ticket that fails is logged
+/// and left to be claimed again when its lease runs out. Returns how many
+/// were claimed.
 pub async fn advance(pipeline: &Pipeline, now: Timestamp) -> Result<usize, PipelineError> {
+    let lease_until = now.as_millisecond().saturating_add(CLAIM_LEASE_MS);
     let due = pipeline
         .store
-        .claim_due_escalations(now.as_millisecond(), 100)
+        .claim_due_escalations(now.as_millisecond(), lease_until, 100)
         .await?;
     for ticket in &due {
-        let (_, settings) = pipeline.tenant(&ticket.tenant_id).await?;
-        if let Some(message_id) = &ticket.message_id
-            && settings.escalation.approval.on_expiry == ExpiryAction::Reject
-        {
-            pipeline
-                .store
-                .reject_message(&ticket.tenant_id, message_id, "approval expired")
+        if let Err(err) = step(pipeline, ticket, now, lease_until).await {
+            tracing::error!(ticket = %ticket.id, error = %err, "escalation step failed; retried after the lease");
+        }
+    }
+    Ok(due.len())
+}
+
+/// Move one claimed ticket along.
+async fn step(
+    pipeline: &Pipeline,
+    ticket: &EscalationRow,
+    now: Timestamp,
+    lease_until: i64,
+) -> Result<(), PipelineError> {
+    let store = &pipeline.store;
+    let (_, settings) = pipeline.tenant(&ticket.tenant_id).await?;
+    let now_ms = now.as_millisecond();
+    let expired = ticket.expires_at.is_some_and(|at| at <= now_ms);
+    let ladder_due = ticket.status == "open" && ticket.next_at.is_some_and(|at| at <= now_ms);
+
+    if let Some(message_id) = &ticket.message_id {
+        let held = store
+            .message(&ticket.tenant_id, message_id)
+            .await?
+            .is_some_and(|m| m.status == "held");
+        let reject = expired && settings.escalation.approval.on_expiry == ExpiryAction::Reject;
+        if !held || reject {
+            // Expired with `on_expiry: reject`, or the message was dealt
+            // with but its ticket left open: the ticket is done.
+            if let Some(rejected) = store
+                .expire_approval(ticket, lease_until, message_id, "approval expired")
+                .await?
+            {
+                let (action, then) = if rejected {
+                    ("expired", "rejected")
+                } else {
+                    ("resolved", "the message is no longer held")
+                };
+                audit_ticket(
+                    pipeline,
+                    ticket,
+                    None,
+                    action,
+                    "system",
+                    json!({ "then": then }),
+                )
                 .await?;
-            pipeline
-                .store
-                .set_escalation_status(&ticket.tenant_id, &ticket.id, "resolved")
-                .await?;
+            }
+            return Ok(());
+        }
+    }
+
+    // The expiry is used up once it fired; the ladder's own timer stays.
+    let expires_at = if expired { None } else { ticket.expires_at };
+    if !ladder_due && (ticket.status != "open" || ticket.breached != 0) {
+        // An expiry with nowhere to escalate to: the ticket is acknowledged
+        // (its ladder stopped) or already breached.
+        let next = EscalationRow {
+            expires_at,
+            ..ticket.clone()
+        };
+        let done = store
+            .step_escalation(ticket, lease_until, &next, &[])
+            .await?;
+        if done.is_some() && expired {
+            let then = if ticket.status == "open" {
+                "already breached"
+            } else {
+                "acknowledged, not escalated"
+            };
             audit_ticket(
                 pipeline,
                 ticket,
                 None,
                 "expired",
                 "system",
-                json!({ "then": "rejected" }),
+                json!({ "then": then }),
             )
             .await?;
-            continue;
         }
-        let tiers = tiers(&settings, &ticket.queue);
-        let next = usize::try_from(ticket.tier + 1).unwrap_or(usize::MAX);
-        match tiers.get(next) {
-            Some(tier) => {
-                notify_tier(pipeline, ticket, &settings, next, tier).await?;
-                pipeline
-                    .store
-                    .set_escalation_tier(
-                        &ticket.id,
-                        next as i64,
-                        Some(after(now, i64::from(tier.minutes))),
-                    )
-                    .await?;
-                audit_ticket(
-                    pipeline,
-                    ticket,
-                    None,
-                    "escalated",
-                    "system",
-                    json!({ "tier": next + 1 }),
-                )
-                .await?;
-            }
-            None => {
-                pipeline.store.breach_escalation(&ticket.id).await?;
-                audit_ticket(
-                    pipeline,
-                    ticket,
-                    None,
-                    "breached",
-                    "system",
-                    json!({ "tier": ticket.tier + 1 }),
-                )
-                .await?;
-            }
-        }
+        return Ok(());
     }
-    Ok(due.len())
+
+    let tiers = tiers(&settings, &ticket.queue);
+    let next = usize::try_from(ticket.tier + 1).unwrap_or(usize::MAX);
+    let about = About::from(ticket);
+    let (step, notices) = match tiers.get(next) {
+        Some(tier) => (
+            EscalationRow {
+                tier: i64::try_from(next).unwrap_or(i64::MAX),
+                next_at: Some(after(now, i64::from(tier.minutes))),
+                expires_at,
+                ..ticket.clone()
+            },
+            notices(&about, next, tier, now),
+        ),
+        None => (
+            EscalationRow {
+                next_at: None,
+                expires_at,
+                breached: 1,
+                ..ticket.clone()
+            },
+            Vec::new(),
+        ),
+    };
+    let breached = step.breached != 0;
+    let Some(ids) = store
+        .step_escalation(ticket, lease_until, &step, &notices)
+        .await?
+    else {
+        // An agent acknowledged or resolved it meanwhile, or another worker
+        // took it over: nothing to do.
+        return Ok(());
+    };
+    if expired {
+        let then = if breached { "breached" } else { "escalated" };
+        audit_ticket(
+            pipeline,
+            ticket,
+            None,
+            "expired",
+            "system",
+            json!({ "then": then }),
+        )
+        .await?;
+    }
+    if breached {
+        audit_ticket(
+            pipeline,
+            ticket,
+            None,
+            "breached",
+            "system",
+            json!({ "tier": ticket.tier + 1 }),
+        )
+        .await?;
+    } else {
+        audit_notices(
+            pipeline,
+            &about,
+            ticket.message_id.as_deref(),
+            next,
+            &notices,
+            &ids,
+        )
+        .await?;
+        audit_ticket(
+            pipeline,
+            ticket,
+            None,
+            "escalated",
+            "system",
+            json!({ "tier": next + 1, "because": if expired && !ladder_due { "expired" } else { "tier time ran out" } }),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// An agent acknowledges (stopping the ladder) or resolves a ticket.
@@ -520,27 +769,6 @@ fn escape_html(text: &str) -> String {
     out
 }
 
-/// The approval ticket of a held message, if it is still open.
-async fn approval_ticket(
-    pipeline: &Pipeline,
-    tenant_id: &str,
-    message_id: &str,
-) -> Result<Option<EscalationRow>, StoreError> {
-    let tickets = pipeline
-        .store
-        .escalations_filtered(
-            tenant_id,
-            &crate::store::EscalationFilter {
-                open_only: true,
-                ..Default::default()
-            },
-        )
-        .await?;
-    Ok(tickets
-        .into_iter()
-        .find(|t| t.message_id.as_deref() == Some(message_id)))
-}
-
 /// Approve a held message (with optional edits): it goes through policy
 /// again when it is sent.
 pub async fn approve(
@@ -643,7 +871,11 @@ async fn finish_approval(
     actor: &str,
     detail: serde_json::Value,
 ) -> Result<(), EscalationError> {
-    if let Some(ticket) = approval_ticket(pipeline, tenant_id, &message.id).await? {
+    if let Some(ticket) = pipeline
+        .store
+        .approval_escalation(tenant_id, &message.id)
+        .await?
+    {
         pipeline
             .store
             .set_escalation_status(tenant_id, &ticket.id, "resolved")
@@ -656,7 +888,76 @@ async fn finish_approval(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tidings_sdk::types::Channel;
+    use crate::render::{RenderRequest, ShopInfo};
+    use tidings_sdk::types::EventKind;
+
+    #[test]
+    fn the_builtin_agent_templates_render_on_their_channels() {
+        let event = tidings_sdk::testing::fixture(EventKind::DeliveryDelayed);
+        let data = [
+            ("ticket_id", "esc_1"),
+            ("queue", "vip-care"),
+            ("priority", "high"),
+            ("reason", "Order #1042 is delayed"),
+            ("tier", "2"),
+            ("order_id", "ord_1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let shop = ShopInfo {
+            name: "Bottega".into(),
+            url: "https://bottega.example".into(),
+            support_email: "help@bottega.example".into(),
+        };
+        for (name, channel, _, _) in BUILTIN_TEMPLATES {
+            let mut templates = TemplateSet::new();
+            add_builtin(&mut templates, name, &enum_str(channel));
+            let rendered = crate::render::render(
+                &templates,
+                &RenderRequest {
+                    template: name,
+                    channel: *channel,
+                    locale: Some("it-IT"),
+                    tenant_default_locale: "it",
+                    event: &event,
+                    data: &data,
+                    shop: &shop,
+                    now: Timestamp::UNIX_EPOCH,
+                    fuel: crate::render::DEFAULT_FUEL,
+                },
+            )
+            .unwrap_or_else(|e| panic!("{name} on {channel:?}: {e}"));
+            assert_eq!(rendered.locale, "en");
+            assert!(rendered.text.contains("#1042"), "{}", rendered.text);
+            if *name == NOTICE_TEMPLATE {
+                assert!(rendered.text.contains("esc_1/ack"), "{}", rendered.text);
+            }
+        }
+    }
+
+    #[test]
+    fn a_tenants_own_agent_template_wins_over_the_builtin_one() {
+        let key = (NOTICE_TEMPLATE.to_owned(), Channel::Email, "it".to_owned());
+        let own = TemplateParts {
+            subject: Some("Ticket {{ data.ticket_id }}".into()),
+            text: Some("Guardate il ticket.".into()),
+            html: None,
+        };
+        let mut templates = TemplateSet::new();
+        templates.insert(key.clone(), own.clone());
+        add_builtin(&mut templates, NOTICE_TEMPLATE, "email");
+        assert_eq!(templates.len(), 1);
+        assert_eq!(templates.get(&key), Some(&own));
+
+        // Other names and channels get nothing from the host.
+        let mut templates = TemplateSet::new();
+        add_builtin(&mut templates, "order-shipped", "email");
+        add_builtin(&mut templates, NOTICE_TEMPLATE, "sms");
+        assert!(templates.is_empty());
+        add_builtin(&mut templates, APPROVAL_TEMPLATE, "webhook");
+        assert_eq!(templates.len(), 1);
+    }
 
     #[test]
     fn edited_text_is_escaped_into_the_html_part() {

@@ -2,6 +2,7 @@
 //! and the router assembled from one module per area.
 
 mod auth;
+mod channels;
 mod escalations;
 mod events;
 mod messages;
@@ -35,6 +36,9 @@ pub struct AppState {
     pub wake: Arc<Wakeups>,
     /// sha256 of the operator key, if one is configured.
     pub operator_key_hash: Option<[u8; 32]>,
+    /// The service's public base URL (`--public-url`), which providers
+    /// call back and sign.
+    pub public_url: Option<String>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -58,7 +62,26 @@ pub fn router(state: AppState) -> Router {
         .merge(messages::router())
         .merge(escalations::router())
         .merge(webhooks::router())
+        .merge(channels::router())
+        .layer(axum::middleware::map_response(json_too_large))
         .with_state(state)
+}
+
+/// Axum's body limits answer 413 in plain text before a handler runs; give
+/// those the API's JSON error shape too.
+async fn json_too_large(response: Response) -> Response {
+    if response.status() != StatusCode::PAYLOAD_TOO_LARGE {
+        return response;
+    }
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return response;
+    }
+    ApiError::too_large("the request body is larger than this endpoint accepts").into_response()
 }
 
 async fn healthz(axum::extract::State(state): axum::extract::State<AppState>) -> Response {

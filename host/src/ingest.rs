@@ -142,16 +142,28 @@ pub async fn accept(
 ) -> Result<(EventRow, bool), IngestError> {
     let body = serde_json::to_string(event).expect("events serialise");
     let key = idempotency_key.unwrap_or(&event.id);
-    let new = NewEvent {
+    Ok(store
+        .insert_event(&new_event(tenant_id, event, key, &body))
+        .await?)
+}
+
+/// The row that stores `event` (serialised as `body`) for `tenant_id`
+/// under `idempotency_key`.
+pub fn new_event<'a>(
+    tenant_id: &'a str,
+    event: &'a OrderEvent,
+    idempotency_key: &'a str,
+    body: &'a str,
+) -> NewEvent<'a> {
+    NewEvent {
         tenant_id,
         external_id: &event.id,
-        idempotency_key: key,
+        idempotency_key,
         order_id: &event.order.id,
         kind: event.kind.as_str(),
         occurred_at: event.occurred_at.as_millisecond(),
-        body: &body,
-    };
-    Ok(store.insert_event(&new).await?)
+        body,
+    }
 }
 
 #[cfg(test)]

@@ -70,6 +70,7 @@ pub struct Pipeline {
     /// Wakes the workers when work arrives.
     pub wake: Arc<Wakeups>,
     clock: Clock,
+    lease: std::time::Duration,
     plugins: Arc<Mutex<HashMap<String, Plugin>>>,
 }
 
@@ -93,6 +94,7 @@ impl Pipeline {
             metrics,
             wake: Arc::new(Wakeups::default()),
             clock: Arc::new(Timestamp::now),
+            lease: crate::schedule::LEASE,
             plugins: Arc::new(Mutex::new(HashMap::new())),
         }
     }
@@ -101,6 +103,18 @@ impl Pipeline {
     pub fn with_clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
         self
+    }
+
+    /// Lease jobs for `lease` instead of [`crate::schedule::LEASE`]: how
+    /// long a job a dead worker held waits before another takes it.
+    pub fn with_lease(mut self, lease: std::time::Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// How long a worker owns a leased job, in milliseconds.
+    pub fn lease_ms(&self) -> i64 {
+        i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX)
     }
 
     /// The pipeline's current time.
@@ -171,6 +185,23 @@ impl Pipeline {
                 message: e.to_string(),
             })?;
         Ok((tenant, settings))
+    }
+
+    /// A tenant's channel settings (provider accounts, endpoints, keys).
+    pub async fn channel_settings(
+        &self,
+        tenant_id: &str,
+    ) -> Result<crate::dispatch::ChannelSettings, PipelineError> {
+        let rows = self.store.channel_settings(tenant_id).await?;
+        let mut settings = crate::dispatch::ChannelSettings::default();
+        for (channel, config, _) in &rows {
+            if let Err(err) = settings.set(channel, config) {
+                // Checked when they were set; a row that no longer parses
+                // is left out (that channel falls back to the outbox).
+                tracing::error!(tenant = tenant_id, channel = %channel, error = %err, "stored channel settings are unusable");
+            }
+        }
+        Ok(settings)
     }
 
     /// What a plugin is told about an order: notifications so far and open
@@ -508,7 +539,15 @@ impl Pipeline {
             at,
         );
         message.send_at = at.as_millisecond();
-        let id = self.store.insert_message(&message).await?;
+        let fallbacks = match status {
+            "scheduled" => remaining_fallbacks(notify, channel),
+            _ => Vec::new(),
+        };
+        let fallbacks = serde_json::to_string(&fallbacks).expect("channels serialise");
+        let id = self
+            .store
+            .insert_message_with_fallbacks(&message, &fallbacks)
+            .await?;
         let reason_code = match &verdict.outcome {
             Outcome::Suppress(r) | Outcome::Defer { reason: r, .. } => r.code(),
             Outcome::Send { .. } => "allowed",
@@ -645,6 +684,21 @@ pub fn new_message<'a>(
         status_reason: reason,
         send_at: at.as_millisecond(),
         recipient: None,
+    }
+}
+
+/// The channels of `notify` after `chosen`, in order and without repeats:
+/// what delivery tries next if `chosen` fails for good.
+pub fn remaining_fallbacks(notify: &Notify, chosen: Channel) -> Vec<Channel> {
+    let mut order: Vec<Channel> = Vec::new();
+    for &c in std::iter::once(&notify.channel).chain(&notify.fallback_channels) {
+        if !order.contains(&c) {
+            order.push(c);
+        }
+    }
+    match order.iter().position(|&c| c == chosen) {
+        Some(i) => order.split_off(i + 1),
+        None => Vec::new(),
     }
 }
 

@@ -9,6 +9,7 @@
 //! the transport accepted a message but before it was marked sent will send
 //! it again after the lease expires, with the same message id.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +23,8 @@ use crate::pipeline::{Pipeline, PipelineError, parse_enum};
 use crate::render::{self, Rendered, TemplateParts, TemplateSet};
 use crate::store::{AuditEntry, MessageRow};
 
-/// How long a worker owns a leased job before others may take it.
+/// How long a worker owns a leased job before others may take it, unless
+/// the service is configured otherwise (`--lease-secs`).
 pub const LEASE: Duration = Duration::from_secs(60);
 /// How often idle workers look for due work.
 pub const POLL: Duration = Duration::from_millis(250);
@@ -71,10 +73,7 @@ pub async fn process_some_events(
     pipeline: &Pipeline,
     wake: &Wakeups,
 ) -> Result<usize, PipelineError> {
-    let rows = pipeline
-        .store
-        .lease_events(64, LEASE.as_millis() as i64)
-        .await?;
+    let rows = pipeline.store.lease_events(64, pipeline.lease_ms()).await?;
     let count = rows.len();
     let mut by_order: Vec<(String, Vec<_>)> = Vec::new();
     for row in rows {
@@ -103,23 +102,83 @@ pub async fn process_some_events(
     Ok(count)
 }
 
-/// Runs the message worker until the process stops.
+/// How many messages one worker hands over at once.
+pub const CONCURRENCY: usize = 32;
+/// How many of those may go to one tenant's channel: a provider that hangs
+/// or a slow webhook endpoint holds at most this many slots, so other
+/// tenants and channels keep moving.
+pub const PER_DESTINATION: usize = 8;
+
+/// Runs the message worker until the process stops: leases due messages
+/// while it has free slots and delivers them concurrently.
 pub async fn run_message_worker(
     pipeline: Pipeline,
     transport: Arc<dyn Transport>,
     wake: Arc<Wakeups>,
     owner: String,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
+    let busy: Arc<std::sync::Mutex<HashMap<String, usize>>> = Arc::default();
+    let mut tasks = tokio::task::JoinSet::new();
     loop {
-        match deliver_due(&pipeline, transport.as_ref(), &owner).await {
-            Ok(0) => {
-                let _ = tokio::time::timeout(POLL, wake.messages.notified()).await;
-            }
-            Ok(_) => {}
+        while tasks.try_join_next().is_some() {}
+        let free = slots.available_permits();
+        if free == 0 {
+            let _ = tasks.join_next().await;
+            continue;
+        }
+        let now = pipeline.now().as_millisecond();
+        let leased = pipeline
+            .store
+            .lease_due_messages(&owner, now, free as i64, pipeline.lease_ms())
+            .await;
+        let leased = match leased {
+            Ok(leased) => leased,
             Err(err) => {
                 tracing::error!(error = %err, "message worker failed; retrying");
                 tokio::time::sleep(POLL).await;
+                continue;
             }
+        };
+        if leased.is_empty() {
+            let _ = tokio::time::timeout(POLL, wake.messages.notified()).await;
+            continue;
+        }
+        for m in leased {
+            let destination = format!("{}/{}", m.tenant_id, m.channel);
+            let taken = {
+                let mut busy = busy.lock().unwrap_or_else(|e| e.into_inner());
+                let count = busy.entry(destination.clone()).or_default();
+                if *count >= PER_DESTINATION {
+                    false
+                } else {
+                    *count += 1;
+                    true
+                }
+            };
+            if !taken {
+                // Its destination is saturated: back in the queue for a
+                // moment rather than holding a slot.
+                let later = now + POLL.as_millis() as i64 * 4;
+                if let Err(err) = pipeline.store.release_message(&m.id, later).await {
+                    tracing::error!(message = %m.id, error = %err, "cannot release a message");
+                }
+                continue;
+            }
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let (pipeline, transport, busy) = (pipeline.clone(), transport.clone(), busy.clone());
+            tasks.spawn(async move {
+                if let Err(err) = deliver(&pipeline, transport.as_ref(), &m).await {
+                    tracing::error!(message = %m.id, error = %err, "delivery failed; the lease will expire and it is retried");
+                }
+                let mut busy = busy.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(count) = busy.get_mut(&destination) {
+                    *count = count.saturating_sub(1);
+                }
+                drop(permit);
+            });
         }
     }
 }
@@ -136,7 +195,7 @@ pub async fn deliver_due(
             owner,
             pipeline.now().as_millisecond(),
             32,
-            LEASE.as_millis() as i64,
+            pipeline.lease_ms(),
         )
         .await?;
     let count = leased.len();
@@ -217,6 +276,10 @@ pub async fn deliver(
         (None, Channel::Push | Channel::Webhook) => None,
     };
     let (from, reply_to) = (settings.email_from(), settings.email_reply_to());
+    let channels = pipeline.channel_settings(&m.tenant_id).await?;
+    // Agent notifications go to the address their tier names; the tenant's
+    // customer endpoints and accounts are for customers.
+    let customer_facing = m.recipient.is_none();
     let outbound = Outbound {
         id: &m.id,
         tenant_id: &m.tenant_id,
@@ -227,9 +290,15 @@ pub async fn deliver(
         reply_to: &reply_to,
         category: parse_enum(&m.category).unwrap_or(Category::Transactional),
         rendered: &rendered,
+        dkim: channels.email.as_ref().and_then(|e| e.dkim.as_ref()),
+        twilio: channels.twilio(channel),
+        endpoint: channels.endpoint(channel).filter(|_| customer_facing),
     };
     match transport.send(&outbound).await {
         Ok(receipt) => {
+            if let Some(provider_id) = &receipt.provider_id {
+                store.set_provider_id(&m.id, provider_id).await?;
+            }
             store
                 .settle_message(
                     m,
@@ -258,12 +327,44 @@ pub async fn deliver(
         }
         Err(err) => {
             let reason = format!("dispatch: {err}");
-            let attempt = Some(("failed", reason.as_str()));
-            // Retries with backoff belong to the delivery work (issue "Delivery");
-            // until then a failed hand-off is final and visible with its reason.
-            let status = "failed";
+            let attempt_number = m.attempts + 1;
+            let retry = &settings.delivery.retry;
+            if err.is_transient() && attempt_number < i64::from(retry.max_attempts) {
+                let delay = retry.delay(
+                    u32::try_from(attempt_number).unwrap_or(u32::MAX),
+                    rand::random::<f64>(),
+                );
+                let at = pipeline
+                    .now()
+                    .as_millisecond()
+                    .saturating_add(delay.as_millis() as i64);
+                store
+                    .retry_message(m, at, &reason, Some(&rendered_json))
+                    .await?;
+                return audit(
+                    pipeline,
+                    m,
+                    "dispatch",
+                    "retry",
+                    json!({ "error": err.to_string(), "attempt": attempt_number, "next_attempt_at": crate::http::rfc3339(at) }),
+                )
+                .await;
+            }
+            // Permanent, or out of attempts: the next fallback channel if
+            // the plugin gave one, else a dead letter, kept with every
+            // attempt, retried only by hand (`POST /v1/messages/{id}/retry`).
+            if fall_back(pipeline, m, &event, &settings, &reason).await? {
+                return Ok(());
+            }
+            let status = "dead";
             store
-                .settle_message(m, status, Some(&reason), Some(&rendered_json), attempt)
+                .settle_message(
+                    m,
+                    status,
+                    Some(&reason),
+                    Some(&rendered_json),
+                    Some(("failed", reason.as_str())),
+                )
                 .await?;
             pipeline.metrics.inc(
                 "tidings_messages_total",
@@ -273,15 +374,15 @@ pub async fn deliver(
                     ("status", status),
                 ],
             );
-            report_failure(pipeline, m, &reason).await?;
             audit(
                 pipeline,
                 m,
                 "dispatch",
-                "failed",
-                json!({ "error": err.to_string(), "transient": err.is_transient() }),
+                "dead",
+                json!({ "error": err.to_string(), "transient": err.is_transient(), "attempts": attempt_number }),
             )
-            .await
+            .await?;
+            report_failure(pipeline, m, &reason).await
         }
     }
 }
@@ -301,6 +402,76 @@ async fn fail(pipeline: &Pipeline, m: &MessageRow, reason: &str) -> Result<(), P
     );
     audit(pipeline, m, "render", "failed", json!({ "reason": reason })).await?;
     report_failure(pipeline, m, reason).await
+}
+
+/// After `m` failed for good on its channel: move it to the next fallback
+/// channel that policy allows now (consent, suppression, quiet hours — a
+/// deferral keeps it on that channel until the window ends). Returns whether
+/// it moved; `false` when no fallback is left or none is allowed.
+async fn fall_back(
+    pipeline: &Pipeline,
+    m: &MessageRow,
+    event: &OrderEvent,
+    settings: &crate::settings::TenantSettings,
+    reason: &str,
+) -> Result<bool, PipelineError> {
+    let remaining: Vec<Channel> = serde_json::from_str(&m.fallback_channels).unwrap_or_default();
+    let Some((&next, rest)) = remaining.split_first() else {
+        return Ok(false);
+    };
+    let notify = tidings_sdk::action::Notify {
+        channel: next,
+        template: m.template.clone(),
+        locale: m.locale.clone(),
+        timing: Timing::Now,
+        category: parse_enum(&m.category).unwrap_or(Category::Transactional),
+        priority: parse_enum(&m.priority).unwrap_or_default(),
+        dedupe_key: None,
+        cancel_key: m.cancel_key.clone(),
+        fallback_channels: rest.to_vec(),
+        data: Default::default(),
+    };
+    let now = pipeline.now();
+    let (verdict, _) = pipeline
+        .verdict(&m.tenant_id, event, settings, &notify, now)
+        .await?;
+    let (channel, at) = match verdict.outcome {
+        crate::policy::Outcome::Send { channel, at } => (channel, at),
+        crate::policy::Outcome::Defer { channel, until, .. } => (channel, until),
+        crate::policy::Outcome::Suppress(why) => {
+            audit(
+                pipeline,
+                m,
+                "dispatch",
+                "no_fallback",
+                json!({ "from": m.channel, "error": reason, "fallbacks": remaining, "policy": why.to_string() }),
+            )
+            .await?;
+            return Ok(false);
+        }
+    };
+    let after = crate::pipeline::remaining_fallbacks(&notify, channel);
+    let name = crate::pipeline::enum_str(&channel);
+    pipeline
+        .store
+        .fall_back(
+            m,
+            &name,
+            &serde_json::to_string(&after).expect("channels serialise"),
+            at.as_millisecond(),
+            reason,
+        )
+        .await?;
+    audit(
+        pipeline,
+        m,
+        "dispatch",
+        "fallback",
+        json!({ "from": m.channel, "to": name, "error": reason, "send_at": at }),
+    )
+    .await?;
+    pipeline.wake_messages();
+    Ok(true)
 }
 
 /// The queue the host uses for messages that could not be delivered.

@@ -10,7 +10,12 @@ use tokio::task::JoinHandle;
 
 use crate::decide::{Runtime, RuntimeConfig};
 use crate::dispatch::Transport;
+use crate::dispatch::email::{SmtpConfigError, SmtpTransport};
 use crate::dispatch::file::FileTransport;
+use crate::dispatch::http::{HttpClient, HttpConfig};
+use crate::dispatch::router::Dispatcher;
+use crate::dispatch::twilio::TwilioTransport;
+use crate::dispatch::webhook::WebhookTransport;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
@@ -43,6 +48,65 @@ pub struct ServeConfig {
     pub cache_dir: Option<PathBuf>,
     /// What this process does.
     pub role: Role,
+    /// How messages leave.
+    pub delivery: DeliveryConfig,
+    /// How long a worker owns a leased job before another may take it.
+    pub lease: std::time::Duration,
+}
+
+/// The operator's delivery settings: where email goes, the provider API,
+/// and what tenants' URLs may point at.
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// SMTP relay URL; none: email goes to the outbox as `.eml` files.
+    pub smtp_url: Option<String>,
+    /// The service's public base URL: providers' status callbacks go there.
+    pub public_url: Option<String>,
+    /// Base URL of the Twilio-compatible Messages API.
+    pub twilio_api_base: String,
+    /// Let tenants' webhook and push URLs reach loopback, private and
+    /// link-local addresses (development and tests only).
+    pub allow_private_destinations: bool,
+    /// Timeout of each provider or webhook request.
+    pub http_timeout: std::time::Duration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            smtp_url: None,
+            public_url: None,
+            twilio_api_base: "https://api.twilio.com".into(),
+            allow_private_destinations: false,
+            http_timeout: std::time::Duration::from_secs(10),
+        }
+    }
+}
+
+impl DeliveryConfig {
+    /// The transport for every channel, writing to `outbox` what has no
+    /// provider.
+    pub fn dispatcher(&self, outbox: &std::path::Path) -> Result<Dispatcher, ServeError> {
+        let file = FileTransport::new(outbox);
+        let email: Arc<dyn Transport> = match &self.smtp_url {
+            Some(url) => Arc::new(SmtpTransport::from_url(url)?),
+            None => Arc::new(file.clone()),
+        };
+        let client = HttpClient::new(HttpConfig {
+            timeout: self.http_timeout,
+            allow_private: self.allow_private_destinations,
+        });
+        Ok(Dispatcher::new(
+            email,
+            file,
+            TwilioTransport::new(
+                client.clone(),
+                self.twilio_api_base.clone(),
+                self.public_url.clone(),
+            ),
+            WebhookTransport::new(client),
+        ))
+    }
 }
 
 /// Why the service could not start.
@@ -54,6 +118,9 @@ pub enum ServeError {
     /// The plugin runtime.
     #[error(transparent)]
     Runtime(#[from] crate::decide::RuntimeError),
+    /// The SMTP relay URL.
+    #[error("--smtp-url: {0}")]
+    Smtp(#[from] SmtpConfigError),
     /// The listener.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -111,7 +178,9 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         cache_dir: config.cache_dir.clone(),
         ..RuntimeConfig::default()
     })?);
-    let pipeline = Pipeline::new(store, runtime, Arc::new(Metrics::default()));
+    let pipeline =
+        Pipeline::new(store, runtime, Arc::new(Metrics::default())).with_lease(config.lease);
+    let dispatcher = config.delivery.dispatcher(&config.outbox)?;
     let wake = pipeline.wake.clone();
     let state = AppState {
         pipeline: pipeline.clone(),
@@ -120,10 +189,11 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
             .operator_key
             .as_deref()
             .map(|k| Sha256::digest(k.as_bytes()).into()),
+        public_url: config.delivery.public_url.clone(),
     };
     let mut tasks = Vec::new();
     if config.role != Role::Api {
-        let transport: Arc<dyn Transport> = Arc::new(FileTransport::new(&config.outbox));
+        let transport: Arc<dyn Transport> = Arc::new(dispatcher);
         let owner = format!("{}-{}", std::process::id(), crate::store::new_id("w"));
         tasks.push(tokio::spawn(schedule::run_event_worker(
             pipeline.clone(),

@@ -24,6 +24,58 @@ pub struct TenantSettings {
     pub on_plugin_failure: FailureFallback,
     /// Escalation queues (tiers of agents) and approvals.
     pub escalation: EscalationSettings,
+    /// How hand-offs to transports are retried.
+    pub delivery: DeliverySettings,
+}
+
+/// Delivery settings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliverySettings {
+    /// Retries of transient failures.
+    pub retry: RetryPolicy,
+}
+
+/// Exponential backoff with jitter for transient failures; permanent ones
+/// and exhausted retries become dead letters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+    /// Delay after the first failure, seconds; doubles each time.
+    pub base_secs: u64,
+    /// Longest delay, seconds.
+    pub cap_secs: u64,
+    /// Random spread of each delay, as a fraction (0.2 = ±20 %).
+    pub jitter: f64,
+}
+
+impl Default for RetryPolicy {
+    /// 8 attempts over about 30 minutes: 15 s, 30 s, 1, 2, 4, 8, 10 min (±20 %).
+    fn default() -> Self {
+        Self {
+            max_attempts: 8,
+            base_secs: 15,
+            cap_secs: 600,
+            jitter: 0.2,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay before attempt `failed + 1`, after `failed` failures;
+    /// `random` in `[0, 1)` places it within the jitter.
+    pub fn delay(&self, failed: u32, random: f64) -> std::time::Duration {
+        let exponent = failed.saturating_sub(1).min(30);
+        let base = self
+            .base_secs
+            .saturating_mul(1u64 << exponent)
+            .min(self.cap_secs) as f64;
+        let spread = self.jitter.clamp(0.0, 1.0);
+        let factor = 1.0 - spread + 2.0 * spread * random.clamp(0.0, 1.0);
+        std::time::Duration::from_secs_f64((base * factor).max(0.0))
+    }
 }
 
 /// Escalation queues and the approval rules.
@@ -67,8 +119,9 @@ pub struct Tier {
 pub struct ApprovalSettings {
     /// The queue whose tiers review held messages.
     pub queue: String,
-    /// Minutes before a held message expires (per tier of the queue when it
-    /// has tiers).
+    /// Minutes from when a message is held until it expires, whatever the
+    /// queue's tiers: they are notified by their own minutes, and expiry is
+    /// a separate deadline on which `on_expiry` applies.
     pub expire_minutes: u32,
     /// What expiry does; a held message is never sent unapproved.
     pub on_expiry: ExpiryAction,
@@ -88,7 +141,9 @@ impl Default for ApprovalSettings {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ExpiryAction {
-    /// Notify the approval queue's next tier (after the last: breached, still held).
+    /// Notify the approval queue's next tier at once, then go on by its
+    /// minutes (at the last tier: breached); the message stays held. An
+    /// acknowledged ticket is not escalated.
     #[default]
     Escalate,
     /// Reject the message.
@@ -189,6 +244,20 @@ mod tests {
         let s = TenantSettings::from_json("{}").expect("valid");
         assert_eq!(s, TenantSettings::default());
         assert_eq!(s.email_from(), "Our shop <no-reply@shop.example.com>");
+    }
+
+    #[test]
+    fn default_retries_are_eight_attempts_over_about_half_an_hour() {
+        let retry = RetryPolicy::default();
+        let delays: Vec<u64> = (1..retry.max_attempts)
+            .map(|n| retry.delay(n, 0.5).as_secs())
+            .collect();
+        assert_eq!(delays, [15, 30, 60, 120, 240, 480, 600]);
+        let total: u64 = delays.iter().sum();
+        assert!((25 * 60..=35 * 60).contains(&total), "{total} s");
+        // Jitter stays within ±20 %.
+        assert_eq!(retry.delay(3, 0.0).as_secs(), 48);
+        assert_eq!(retry.delay(3, 1.0).as_secs(), 72);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! database failures.
 
 mod audit;
+mod delivery;
 mod escalations;
 mod events;
 mod integrations;

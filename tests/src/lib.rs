@@ -9,6 +9,7 @@ use tidings_host::decide::{
 };
 use tidings_sdk::types::{Context, EventKind, OrderEvent};
 
+pub mod fake;
 pub mod service;
 
 /// Paths of the guest components.

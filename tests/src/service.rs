@@ -13,16 +13,19 @@ use rand::RngExt;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tidings_host::decide::{Runtime, RuntimeConfig};
-use tidings_host::dispatch::file::FileTransport;
 use tidings_host::http::{self, AppState};
 use tidings_host::metrics::Metrics;
 use tidings_host::pipeline::Pipeline;
 use tidings_host::schedule;
+use tidings_host::serve::DeliveryConfig;
 use tidings_host::store::Store;
 use tower::ServiceExt;
 
 /// The operator key of every test service.
 pub const OPERATOR_KEY: &str = "tdg_test_operator_key";
+/// The public base URL the test service believes it has: providers' status
+/// callbacks are signed over it.
+pub const PUBLIC_URL: &str = "http://tidings.test";
 
 /// Where PostgreSQL tests connect to create their own database.
 pub fn postgres_admin_url() -> String {
@@ -52,6 +55,9 @@ pub struct TestService {
     dir: PathBuf,
     postgres_db: Option<String>,
     clock_offset_ms: Arc<AtomicI64>,
+    /// How `deliver` sends: by default SMTP-less (email to the outbox), with
+    /// loopback destinations allowed; tests point it at their servers.
+    pub delivery: DeliveryConfig,
 }
 
 impl std::fmt::Debug for TestService {
@@ -134,6 +140,7 @@ impl TestService {
             wake: pipeline.wake.clone(),
             pipeline,
             operator_key_hash: Some(Sha256::digest(OPERATOR_KEY.as_bytes()).into()),
+            public_url: Some(PUBLIC_URL.to_owned()),
         };
         Self {
             router: http::router(state.clone()),
@@ -143,6 +150,13 @@ impl TestService {
             dir,
             postgres_db: None,
             clock_offset_ms,
+            delivery: DeliveryConfig {
+                public_url: Some(PUBLIC_URL.to_owned()),
+                // Test providers and endpoints listen on loopback.
+                allow_private_destinations: true,
+                http_timeout: std::time::Duration::from_secs(2),
+                ..DeliveryConfig::default()
+            },
         }
     }
 
@@ -336,7 +350,10 @@ impl TestService {
 
     /// Run the message worker until nothing is due.
     pub async fn deliver(&self) {
-        let transport = FileTransport::new(&self.outbox);
+        let transport = self
+            .delivery
+            .dispatcher(&self.outbox)
+            .expect("the delivery settings are valid");
         while schedule::deliver_due(&self.state.pipeline, &transport, "test-worker")
             .await
             .expect("messages deliver")

@@ -61,6 +61,68 @@ impl Limits {
     }
 }
 
+/// The most fuel an operator may give one decision: about a second of guest
+/// code, far past any sensible rule.
+pub const MAX_FUEL: u64 = 1_000_000_000;
+/// The longest wall-clock limit an operator may set, in milliseconds: a
+/// decision holds a pooled instance and a worker thread for this long.
+pub const MAX_WALL_CLOCK_MS: u64 = 1_000;
+/// The most actions an operator may allow per decision.
+pub const MAX_ACTIONS: usize = 1_000;
+/// The largest decision output an operator may allow, in bytes.
+pub const MAX_OUTPUT_BYTES: usize = 1 << 20;
+/// The largest plugin log an operator may allow per decision, in bytes.
+pub const MAX_LOG_BYTES: usize = 64 << 10;
+
+/// A limit outside what the engine can enforce.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("field `{field}`: {message}")]
+pub struct InvalidLimit {
+    /// The offending field of [`Limits`], e.g. `fuel`.
+    pub field: &'static str,
+    /// What is wrong, with the allowed range.
+    pub message: String,
+}
+
+impl Limits {
+    /// Check every limit against what `engine` can enforce: each at least 1
+    /// and at most its maximum (memory: the per-memory size the engine's
+    /// instance pool reserves).
+    pub fn validate(&self, engine: &EngineLimits) -> Result<(), InvalidLimit> {
+        fn within<T: PartialOrd + std::fmt::Display + Copy>(
+            field: &'static str,
+            value: T,
+            min: T,
+            max: T,
+        ) -> Result<(), InvalidLimit> {
+            if value < min || value > max {
+                return Err(InvalidLimit {
+                    field,
+                    message: format!("{value} is outside the allowed range {min}..={max}"),
+                });
+            }
+            Ok(())
+        }
+        within("fuel", self.fuel, 1, MAX_FUEL)?;
+        within("wall_clock_ms", self.wall_clock_ms, 1, MAX_WALL_CLOCK_MS)?;
+        within(
+            "memory_bytes",
+            self.memory_bytes,
+            1 << 16,
+            engine.max_memory_bytes,
+        )?;
+        within("max_actions", self.max_actions, 1, MAX_ACTIONS)?;
+        within(
+            "max_output_bytes",
+            self.max_output_bytes,
+            1,
+            MAX_OUTPUT_BYTES,
+        )?;
+        within("max_log_bytes", self.max_log_bytes, 0, MAX_LOG_BYTES)?;
+        Ok(())
+    }
+}
+
 /// Limits that hold for the whole process (they shape the engine), not per
 /// tenant.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -216,6 +278,24 @@ mod tests {
     fn deadline_rounds_up_and_adds_a_tick() {
         let limits = Limits::default();
         assert_eq!(limits.deadline_ticks(), 51);
+    }
+
+    #[test]
+    fn limits_are_validated_against_the_engine() {
+        let engine = EngineLimits::default();
+        assert_eq!(Limits::default().validate(&engine), Ok(()));
+        let err = |change: fn(&mut Limits)| {
+            let mut limits = Limits::default();
+            change(&mut limits);
+            limits.validate(&engine).expect_err("out of range").field
+        };
+        assert_eq!(err(|l| l.fuel = MAX_FUEL + 1), "fuel");
+        assert_eq!(err(|l| l.fuel = 0), "fuel");
+        assert_eq!(err(|l| l.wall_clock_ms = 60_000), "wall_clock_ms");
+        assert_eq!(err(|l| l.memory_bytes = (16 << 20) + 1), "memory_bytes");
+        assert_eq!(err(|l| l.max_actions = 0), "max_actions");
+        assert_eq!(err(|l| l.max_output_bytes = 1 << 30), "max_output_bytes");
+        assert_eq!(err(|l| l.max_log_bytes = 1 << 30), "max_log_bytes");
     }
 
     #[test]

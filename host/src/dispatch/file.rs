@@ -5,9 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-use lettre::message::{Mailbox, MultiPart, SinglePart, header};
-use tidings_sdk::types::{Category, Channel};
+use tidings_sdk::types::Channel;
 
+use super::email::build_email;
 use super::{DispatchError, Outbound, Receipt, SendFuture, Transport};
 
 /// Writes messages under a directory.
@@ -54,6 +54,7 @@ impl FileTransport {
         })?;
         Ok(Receipt {
             transport_id: path.display().to_string(),
+            provider_id: None,
         })
     }
 }
@@ -64,44 +65,10 @@ impl Transport for FileTransport {
     }
 }
 
-/// The email as RFC 5322 bytes: multipart text + HTML when there is HTML.
+/// The email as RFC 5322 bytes: multipart text + HTML when there is HTML,
+/// DKIM-signed when the message carries a key (see [`build_email`]).
 pub fn email(message: &Outbound<'_>) -> Result<Vec<u8>, DispatchError> {
-    let mailbox = |what: &str, value: &str| -> Result<Mailbox, DispatchError> {
-        value
-            .parse()
-            .map_err(|e| DispatchError::permanent(format!("invalid {what} address `{value}`: {e}")))
-    };
-    let to = message
-        .to
-        .ok_or_else(|| DispatchError::permanent("the customer has no email address"))?;
-    let rendered = message.rendered;
-    let mut builder = lettre::Message::builder()
-        .from(mailbox("From", message.from)?)
-        .reply_to(mailbox("Reply-To", message.reply_to)?)
-        .to(mailbox("To", to)?)
-        .subject(rendered.subject.clone().unwrap_or_default())
-        .message_id(Some(format!("<{}@tidings>", message.id)));
-    if message.category == Category::Marketing {
-        builder = builder.header(ListUnsubscribe(format!(
-            "<mailto:{}?subject=unsubscribe>",
-            message.reply_to
-        )));
-    }
-    let text = SinglePart::builder()
-        .header(header::ContentType::TEXT_PLAIN)
-        .body(rendered.text.clone());
-    let email = match &rendered.html {
-        Some(html) => builder.multipart(
-            MultiPart::alternative().singlepart(text).singlepart(
-                SinglePart::builder()
-                    .header(header::ContentType::TEXT_HTML)
-                    .body(html.clone()),
-            ),
-        ),
-        None => builder.singlepart(text),
-    }
-    .map_err(|e| DispatchError::permanent(format!("cannot build the email: {e}")))?;
-    Ok(email.formatted())
+    Ok(build_email(message)?.formatted())
 }
 
 fn json(message: &Outbound<'_>) -> Vec<u8> {
@@ -116,22 +83,4 @@ fn json(message: &Outbound<'_>) -> Vec<u8> {
         "text": message.rendered.text,
     });
     serde_json::to_vec_pretty(&body).expect("JSON values serialise")
-}
-
-/// The `List-Unsubscribe` header (RFC 2369) for marketing email.
-#[derive(Debug, Clone)]
-struct ListUnsubscribe(String);
-
-impl header::Header for ListUnsubscribe {
-    fn name() -> header::HeaderName {
-        header::HeaderName::new_from_ascii_str("List-Unsubscribe")
-    }
-
-    fn parse(s: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
-        Ok(Self(s.to_owned()))
-    }
-
-    fn display(&self) -> header::HeaderValue {
-        header::HeaderValue::new(Self::name(), self.0.clone())
-    }
 }

@@ -56,6 +56,7 @@ fn ticket_json(e: &EscalationRow) -> Value {
         "status": e.status,
         "tier": e.tier + 1,
         "next_tier_at": e.next_at.map(rfc3339),
+        "expires_at": e.expires_at.map(rfc3339),
         "breached": e.breached != 0,
         "created_at": rfc3339(e.created_at),
         "updated_at": rfc3339(e.updated_at),

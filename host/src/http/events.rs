@@ -15,8 +15,9 @@ use crate::store::EventRow;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/events", post(post_event).get(list_events))
-        // Axum's own limit answers 413 before the handler; ours is the same
-        // number, so a body just over it is refused either way.
+        // Axum's own limit answers 413 before the handler (the router gives
+        // it the JSON error shape); ours is the same number, so a body just
+        // over it is refused either way, with the same answer.
         .layer(DefaultBodyLimit::max(MAX_EVENT_BYTES))
 }
 
@@ -58,6 +59,11 @@ async fn post_event(
         ));
     }
     let (row, new) = ingest::accept(&state.pipeline.store, tenant_id, &event, key).await?;
+    // Ids only: the body carries the customer's contact details.
+    tracing::info!(
+        tenant = tenant_id, event = %row.id, kind = event.kind.as_str(), duplicate = !new,
+        "event accepted"
+    );
     if new {
         state.pipeline.metrics.inc(
             "tidings_events_total",

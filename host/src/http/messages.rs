@@ -37,6 +37,8 @@ pub(super) fn message_json(m: &MessageRow) -> Value {
         "status_reason": m.status_reason,
         "send_at": rfc3339(m.send_at),
         "attempts": m.attempts,
+        "fallback_channels": serde_json::from_str::<Value>(&m.fallback_channels).unwrap_or(Value::Null),
+        "provider_id": m.provider_id,
         "created_at": rfc3339(m.created_at),
         "updated_at": rfc3339(m.updated_at),
     })

@@ -31,6 +31,17 @@ pub enum Mapped {
         /// (WooCommerce: the order status; Shopify: `financial/fulfillment`).
         platform_status: Option<String>,
     },
+    /// About an order Tidings has not seen yet, and the body does not carry
+    /// the order (a Shopify fulfillment, refund or return): the host keeps
+    /// the verified delivery and maps it again once the order arrives.
+    Held {
+        /// The platform order the delivery is about.
+        order_id: String,
+        /// Dedupe key, the idempotency key the event will have.
+        key: String,
+        /// Why, for the audit trail.
+        reason: String,
+    },
     /// Acknowledged, but nothing to notify.
     Ignored {
         /// Why, for the audit trail.

@@ -22,10 +22,21 @@
 //! | `returns/request` | `return_requested` |
 //! | `returns/approve` | `return_approved` |
 //! | `returns/close` | `return_received` (Shopify closes a return once its items are back) |
+//! | `returns/decline`, `returns/cancel`, `returns/reopen` | ignored, recorded on the order (see below) |
 //! | anything else | ignored |
 //!
 //! Fulfillment, refund and return bodies do not carry the order: they need
-//! [`Known`] and are ignored for an order Tidings has not seen. Unmapped
+//! [`Known`]. For an order Tidings has not seen yet (Shopify does not
+//! guarantee delivery order) they map to [`Mapped::Held`]: the host keeps
+//! the delivery and maps it again, in [`held_order`], once the order's
+//! snapshot arrives. Every required field is checked before holding, so a
+//! held delivery is not rejected later.
+//!
+//! A declined, cancelled or reopened return has no event kind, and the
+//! nearest ones (`return_requested`, `return_approved`) would have a rule
+//! send the wrong message; those topics are checked, recorded on the order's
+//! audit trail with the return and the decline reason, and not notified.
+//! Unmapped
 //! topics (notably `orders/updated`, which fires on every change) return no
 //! order snapshot: remembering it would make the specific topics that follow
 //! look like duplicates.
@@ -82,14 +93,47 @@ pub struct Known<'a> {
 /// `order_id` otherwise.
 pub fn order_id(topic: &str, body: &[u8]) -> Option<String> {
     let value = parse_body(body).ok()?;
-    let root = Node::root(&value);
+    order_ref(topic, &Node::root(&value)).ok()
+}
+
+fn order_ref(topic: &str, root: &Node<'_>) -> Result<String, MapError> {
     if topic.starts_with("orders/") {
-        root.id("id")
-    } else {
-        root.child("order")
-            .and_then(|o| o.id("id"))
-            .or_else(|| root.id("order_id"))
+        return root.req_id("id");
     }
+    root.child("order")
+        .and_then(|o| o.id("id"))
+        .or_else(|| root.id("order_id"))
+        .filter(|id| id != "0")
+        .ok_or_else(|| {
+            let field = if topic.starts_with("returns/") {
+                "order.id"
+            } else {
+                "order_id"
+            };
+            missing(field, "required, expected the order's id")
+        })
+}
+
+/// Where a held delivery goes when its order arrives and the held ones are
+/// mapped again: by `X-Shopify-Triggered-At` (when the change happened;
+/// else `received_ms`, when Tidings got it), then fulfillments before their
+/// carrier events, refunds and returns, so a tracking update does not
+/// overtake the fulfillment it belongs to.
+pub fn held_order(topic: &str, triggered_at: Option<&str>, received_ms: i64) -> (i64, u8) {
+    let at = triggered_at
+        .and_then(parse_time)
+        .map_or(received_ms, |t| t.as_millisecond());
+    let rank = match topic {
+        "fulfillments/create" => 0,
+        "fulfillments/update" => 1,
+        "fulfillment_events/create" => 2,
+        "refunds/create" => 3,
+        "returns/request" => 4,
+        "returns/approve" => 5,
+        "returns/close" => 6,
+        _ => 7,
+    };
+    (at, rank)
 }
 
 /// Map a Shopify webhook body to an order event.
@@ -115,6 +159,9 @@ pub fn map(
         "returns/request" => return_topic(delivery, &root, known, EventKind::ReturnRequested),
         "returns/approve" => return_topic(delivery, &root, known, EventKind::ReturnApproved),
         "returns/close" => return_topic(delivery, &root, known, EventKind::ReturnReceived),
+        "returns/decline" => return_update(&root, "declined"),
+        "returns/cancel" => return_update(&root, "cancelled"),
+        "returns/reopen" => return_update(&root, "reopened"),
         topic => Ok(ignored(format!("topic `{topic}` is not mapped"), None)),
     }
 }
@@ -173,6 +220,37 @@ fn status_summary(order: &Order) -> String {
     format!("{}/{}", get("financial_status"), get("fulfillment_status"))
 }
 
+/// What a delivery is known by across Shopify's retries, when its headers
+/// carry an event (or webhook) id: the topic and that id, also the
+/// idempotency key of the event it maps to.
+pub fn delivery_key(delivery: &Delivery<'_>) -> Option<String> {
+    delivery
+        .event_id
+        .map(str::trim)
+        .filter(|id| !id.is_empty())
+        .map(|id| format!("shopify:{}:{id}", delivery.topic))
+}
+
+/// The idempotency key: the [`delivery_key`], else (no id header) the
+/// topic and `resource`, what changed.
+fn key(delivery: &Delivery<'_>, resource: &str) -> String {
+    delivery_key(delivery).unwrap_or_else(|| format!("shopify:{}:{resource}", delivery.topic))
+}
+
+/// Keep a delivery about an order Tidings has not seen yet.
+fn held(
+    delivery: &Delivery<'_>,
+    root: &Node<'_>,
+    resource: &str,
+    what: String,
+) -> Result<Mapped, MapError> {
+    Ok(Mapped::Held {
+        order_id: order_ref(delivery.topic, root)?,
+        key: key(delivery, resource),
+        reason: format!("{what} is for an order Tidings has not seen yet"),
+    })
+}
+
 /// Build the event. `resource` identifies what changed, for a derived
 /// idempotency key when the headers carry no event id.
 fn event(
@@ -184,10 +262,7 @@ fn event(
     resource: &str,
     when: Option<Timestamp>,
 ) -> Mapped {
-    let id = match delivery.event_id.map(str::trim).filter(|id| !id.is_empty()) {
-        Some(event_id) => format!("shopify:{}:{event_id}", delivery.topic),
-        None => format!("shopify:{}:{resource}", delivery.topic),
-    };
+    let id = key(delivery, resource);
     let occurred_at = delivery
         .triggered_at
         .and_then(parse_time)
@@ -616,14 +691,14 @@ fn fulfillment(
     known: Option<&Order>,
 ) -> Result<Mapped, MapError> {
     let shipment = shipment_from(root)?;
+    let resource = format!(
+        "{}:{}",
+        shipment.id,
+        root.str("updated_at").unwrap_or_default()
+    );
     let Some(known) = known else {
-        return Ok(ignored(
-            format!(
-                "fulfillment {} is for an order Tidings has not seen",
-                shipment.id
-            ),
-            None,
-        ));
+        let what = format!("fulfillment {}", shipment.id);
+        return held(delivery, root, &resource, what);
     };
     let mut order = known.clone();
     let previous = known.shipments.iter().find(|s| s.id == shipment.id);
@@ -688,11 +763,6 @@ fn fulfillment(
     if let Some(carrier) = carrier {
         attributes.insert("shipment_status".to_owned(), carrier.to_owned());
     }
-    let resource = format!(
-        "{}:{}",
-        shipment.id,
-        root.str("updated_at").unwrap_or_default()
-    );
     let when = root.time("updated_at").or_else(|| root.time("created_at"));
     Ok(event(
         delivery,
@@ -714,10 +784,8 @@ fn fulfillment_event(
     let fulfillment_id = root.req_id("fulfillment_id")?;
     let raw = root.req_str("status")?;
     let Some(known) = known else {
-        return Ok(ignored(
-            format!("fulfillment event {event_id} is for an order Tidings has not seen"),
-            None,
-        ));
+        let what = format!("fulfillment event {event_id}");
+        return held(delivery, root, &event_id, what);
     };
     let mut order = known.clone();
     let Some((status, kind)) = carrier_status(raw) else {
@@ -796,18 +864,7 @@ fn refund(
     known: Option<&Order>,
 ) -> Result<Mapped, MapError> {
     let refund_id = root.req_id("id")?;
-    let Some(known) = known else {
-        return Ok(ignored(
-            format!("refund {refund_id} is for an order Tidings has not seen"),
-            None,
-        ));
-    };
-    let mut order = known.clone();
-    let applied = order
-        .attributes
-        .get(REFUND_IDS)
-        .is_some_and(|ids| ids.split(',').any(|id| id == refund_id));
-    let mut cancelled_units = 0;
+    let mut lines = Vec::new();
     for line in root.items("refund_line_items") {
         let quantity = line.req_u32("quantity")?;
         let sku = match line.child("line_item") {
@@ -815,6 +872,23 @@ fn refund(
             None => format!("line-{}", line.req_id("line_item_id")?),
         };
         let restock = line.str("restock_type").unwrap_or("no_restock");
+        lines.push((sku, quantity, restock));
+    }
+    let Some(known) = known else {
+        // Checked before holding; without the order's currency, a
+        // transaction without one is read with two decimals, which only
+        // decides which amounts are well formed.
+        refund_amount(std::slice::from_ref(root), "XXX")?;
+        let what = format!("refund {refund_id}");
+        return held(delivery, root, &refund_id, what);
+    };
+    let mut order = known.clone();
+    let applied = order
+        .attributes
+        .get(REFUND_IDS)
+        .is_some_and(|ids| ids.split(',').any(|id| id == refund_id));
+    let mut cancelled_units = 0;
+    for (sku, quantity, restock) in lines {
         if restock == "cancel" {
             cancelled_units += quantity;
         }
@@ -868,11 +942,10 @@ fn return_topic(
     kind: EventKind,
 ) -> Result<Mapped, MapError> {
     let return_id = root.req_id("id")?;
+    let resource = format!("{return_id}:{}", root.str("status").unwrap_or_default());
     let Some(known) = known else {
-        return Ok(ignored(
-            format!("return {return_id} is for an order Tidings has not seen"),
-            None,
-        ));
+        let what = format!("return {return_id}");
+        return held(delivery, root, &resource, what);
     };
     let lines = root.items("return_line_items");
     let mut attributes = BTreeMap::from([("return_id".to_owned(), return_id.clone())]);
@@ -890,7 +963,6 @@ fn return_topic(
         attributes.insert("reason".to_owned(), reason.to_owned());
     }
     let when = root.time("updated_at").or_else(|| root.time("created_at"));
-    let resource = format!("{return_id}:{}", root.str("status").unwrap_or_default());
     Ok(event(
         delivery,
         kind,
@@ -900,6 +972,30 @@ fn return_topic(
         &resource,
         when,
     ))
+}
+
+/// `returns/decline`, `returns/cancel`, `returns/reopen`: checked, then
+/// recorded (ignored, with the return and the decline reason), not notified;
+/// see the module docs.
+fn return_update(root: &Node<'_>, what: &str) -> Result<Mapped, MapError> {
+    let return_id = root.req_id("id")?;
+    let name = match root.str("name") {
+        Some(name) => format!("{name} ({return_id})"),
+        None => return_id,
+    };
+    let mut reason = format!("return {name} {what}: recorded, not notified (no event kind for it)");
+    let decline = root.child("decline");
+    let because: Vec<&str> = [
+        decline.as_ref().and_then(|d| d.str("reason")),
+        decline.as_ref().and_then(|d| d.str("note")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if !because.is_empty() {
+        reason.push_str(&format!("; reason: {}", because.join(" — ")));
+    }
+    Ok(ignored(reason, None))
 }
 
 #[cfg(test)]
@@ -1480,19 +1576,137 @@ mod tests {
         assert!(customer.tags.is_empty());
     }
 
+    const HELD: [(&str, &str); 6] = [
+        ("fulfillments/create", FULFILLMENT_FIRST),
+        ("fulfillments/update", FULFILLMENT_IN_TRANSIT),
+        ("fulfillment_events/create", EVENT_DELIVERED),
+        ("refunds/create", REFUND_RETURN),
+        ("returns/request", RETURN_REQUEST),
+        ("returns/close", RETURN_REQUEST),
+    ];
+
     #[test]
-    fn bodies_about_orders_never_seen_are_ignored() {
-        for (topic, body) in [
-            ("fulfillments/create", FULFILLMENT_FIRST),
-            ("fulfillments/update", FULFILLMENT_IN_TRANSIT),
-            ("fulfillment_events/create", EVENT_DELIVERED),
-            ("refunds/create", REFUND_RETURN),
-            ("returns/request", RETURN_REQUEST),
-        ] {
-            let (reason, order) = ignored(topic, body, None);
-            assert!(reason.contains("has not seen"), "{topic}: {reason}");
-            assert_eq!(order, None);
+    fn bodies_about_orders_never_seen_are_held_under_their_events_key() {
+        for (topic, body) in HELD {
+            match mapped(topic, body, None) {
+                Mapped::Held {
+                    order_id,
+                    key,
+                    reason,
+                } => {
+                    assert_eq!(order_id, "5791234567890", "{topic}");
+                    assert_eq!(
+                        key,
+                        format!("shopify:{topic}:b54557e4-bdd9-4b37-8a5f-bf7d70bcd043")
+                    );
+                    assert!(reason.contains("has not seen yet"), "{topic}: {reason}");
+                }
+                other => panic!("{topic}: expected held, got {other:?}"),
+            }
         }
+    }
+
+    #[test]
+    fn a_held_delivery_without_an_event_id_keeps_the_key_its_event_gets_later() {
+        let created = event("orders/create", ORDERS_CREATE, None);
+        for (topic, body) in HELD {
+            let delivery = Delivery {
+                event_id: None,
+                ..delivery(topic)
+            };
+            let Ok(Mapped::Held { key, .. }) = map(&delivery, body.as_bytes(), None) else {
+                panic!("{topic}: expected held");
+            };
+            match map(
+                &delivery,
+                body.as_bytes(),
+                Some(Known {
+                    order: &created.order,
+                }),
+            ) {
+                Ok(Mapped::Event {
+                    idempotency_key, ..
+                }) => assert_eq!(key, idempotency_key, "{topic}"),
+                Ok(Mapped::Ignored { .. }) => {}
+                other => panic!("{topic}: expected an event, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_delivery_that_cannot_be_held_names_the_missing_field() {
+        let mut refund: Value = serde_json::from_str(REFUND_RETURN).expect("fixture");
+        refund["refund_line_items"][0]["quantity"] = Value::Null;
+        assert_eq!(
+            field_of("refunds/create", &refund),
+            "refund_line_items[0].quantity"
+        );
+        let mut refund: Value = serde_json::from_str(REFUND_RETURN).expect("fixture");
+        refund["transactions"][0]["amount"] = json!("29,00");
+        assert_eq!(
+            field_of("refunds/create", &refund),
+            "transactions[0].amount"
+        );
+        let mut fulfillment: Value = serde_json::from_str(FULFILLMENT_FIRST).expect("fixture");
+        fulfillment
+            .as_object_mut()
+            .expect("object")
+            .remove("order_id");
+        assert_eq!(field_of("fulfillments/create", &fulfillment), "order_id");
+        let mut ret: Value = serde_json::from_str(RETURN_REQUEST).expect("fixture");
+        ret["order"] = Value::Null;
+        assert_eq!(field_of("returns/request", &ret), "order.id");
+    }
+
+    #[test]
+    fn held_deliveries_replay_by_trigger_time_then_fulfillment_first() {
+        let at = |topic, triggered| held_order(topic, triggered, 1_000);
+        let mut held = [
+            at("fulfillment_events/create", Some("2026-11-24T10:00:00Z")),
+            at("refunds/create", Some("2026-11-24T09:00:00Z")),
+            at("fulfillments/create", Some("2026-11-24T10:00:00Z")),
+        ];
+        held.sort();
+        assert_eq!(
+            held,
+            [
+                at("refunds/create", Some("2026-11-24T09:00:00Z")),
+                at("fulfillments/create", Some("2026-11-24T10:00:00Z")),
+                at("fulfillment_events/create", Some("2026-11-24T10:00:00Z")),
+            ]
+        );
+        assert_eq!(at("returns/request", None), (1_000, 4));
+    }
+
+    #[test]
+    fn declined_cancelled_and_reopened_returns_are_recorded_not_notified() {
+        let mut declined: Value = serde_json::from_str(RETURN_REQUEST).expect("fixture");
+        declined["status"] = json!("declined");
+        declined["decline"] = json!({"reason": "final_sale", "note": "Articolo in saldo"});
+        let [.., second] = story();
+        for known in [None, Some(&second.order)] {
+            let (reason, order) = ignored("returns/decline", &declined.to_string(), known);
+            assert_eq!(
+                reason,
+                "return #1042-R1 (9854321) declined: recorded, not notified (no event kind for it); \
+                 reason: final_sale — Articolo in saldo"
+            );
+            assert_eq!(order, None, "the snapshot is left as it is");
+        }
+        for (topic, what) in [
+            ("returns/cancel", "cancelled"),
+            ("returns/reopen", "reopened"),
+        ] {
+            let (reason, _) = ignored(topic, RETURN_REQUEST, Some(&second.order));
+            assert!(
+                reason.starts_with(&format!("return #1042-R1 (9854321) {what}: recorded")),
+                "{reason}"
+            );
+        }
+        assert_eq!(
+            field_of("returns/decline", &json!({"status": "declined"})),
+            "id"
+        );
     }
 
     #[test]

@@ -99,6 +99,16 @@ pub struct Known<'a> {
     pub status: &'a str,
 }
 
+/// What a delivery is known by across redeliveries, when it carries an
+/// `X-WC-Webhook-Delivery-ID`; also the idempotency key of its event.
+pub fn delivery_key(delivery: &Delivery<'_>) -> Option<String> {
+    delivery
+        .delivery_id
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(|d| format!("woocommerce:{d}"))
+}
+
 /// The WooCommerce order id a body is about, so the host can look up
 /// [`Known`] before mapping.
 pub fn order_id(body: &[u8]) -> Option<String> {
@@ -187,17 +197,12 @@ pub fn map(
     }
 
     let modified = root.str("date_modified_gmt").unwrap_or_default();
-    let id = match delivery
-        .delivery_id
-        .map(str::trim)
-        .filter(|d| !d.is_empty())
-    {
-        Some(delivery_id) => format!("woocommerce:{delivery_id}"),
-        None => format!(
+    let id = delivery_key(delivery).unwrap_or_else(|| {
+        format!(
             "woocommerce:{}:{}:{status}:{modified}",
             delivery.topic, order.id
-        ),
-    };
+        )
+    });
     let occurred_at = root.time("date_modified_gmt").unwrap_or(order.created_at);
     let mut event = OrderEvent {
         id: id.clone(),
@@ -595,6 +600,7 @@ mod tests {
                     assert_eq!(platform_status.as_deref(), Some(now));
                     None
                 }
+                Mapped::Held { .. } => panic!("a WooCommerce body carries its order"),
             };
             assert_eq!(got, expected, "{before:?} → {now}");
         }

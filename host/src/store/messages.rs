@@ -54,11 +54,17 @@ pub struct MessageRow {
     pub created_at: i64,
     /// Last change, ms.
     pub updated_at: i64,
+    /// Channels still to try, in order, if this one fails for good (JSON
+    /// list).
+    pub fallback_channels: String,
+    /// The provider's id of the sent message (Twilio's SID), named by its
+    /// status callbacks.
+    pub provider_id: Option<String>,
 }
 
-const MESSAGE_COLUMNS: &str = "id, tenant_id, event_id, decision_id, order_id, customer_id, channel, template, locale,
+pub(super) const MESSAGE_COLUMNS: &str = "id, tenant_id, event_id, decision_id, order_id, customer_id, channel, template, locale,
     category, priority, dedupe_key, cancel_key, data, status, status_reason, send_at, attempts, rendered,
-    recipient, approved_by, created_at, updated_at";
+    recipient, approved_by, created_at, updated_at, fallback_channels, provider_id";
 
 /// A message to create.
 #[derive(Debug, Clone)]
@@ -161,6 +167,9 @@ pub struct EscalationRow {
     pub breached: i64,
     /// The held message, for approval tickets.
     pub message_id: Option<String>,
+    /// When the held message expires, ms (approval tickets); none once it
+    /// expired or was dealt with.
+    pub expires_at: Option<i64>,
 }
 
 /// A ticket to open.
@@ -184,6 +193,10 @@ pub struct NewEscalation<'a> {
     pub sla_minutes: Option<i64>,
     /// The held message, for approval tickets.
     pub message_id: Option<&'a str>,
+    /// When the first tier's time runs out, ms; none: the ladder does not run.
+    pub next_at: Option<i64>,
+    /// When the held message expires, ms (approval tickets).
+    pub expires_at: Option<i64>,
 }
 
 impl Store {
@@ -225,13 +238,23 @@ impl Store {
 
     /// Create a message; returns its id.
     pub async fn insert_message(&self, m: &NewMessage<'_>) -> Result<String, StoreError> {
+        self.insert_message_with_fallbacks(m, "[]").await
+    }
+
+    /// Create a message with the channels to fall back to (a JSON list) if
+    /// its channel fails for good; returns its id.
+    pub async fn insert_message_with_fallbacks(
+        &self,
+        m: &NewMessage<'_>,
+        fallback_channels: &str,
+    ) -> Result<String, StoreError> {
         let id = new_id("msg");
         let now = now_ms();
         sqlx::query(
             "INSERT INTO messages (id, tenant_id, event_id, decision_id, order_id, customer_id, channel, template,
                                    locale, category, priority, dedupe_key, cancel_key, data, status, status_reason,
-                                   send_at, attempts, recipient, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, 0, $18, $19, $19)",
+                                   send_at, attempts, recipient, created_at, updated_at, fallback_channels)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, 0, $18, $19, $19, $20)",
         )
         .bind(&id)
         .bind(m.tenant_id)
@@ -252,6 +275,7 @@ impl Store {
         .bind(m.send_at)
         .bind(&m.recipient)
         .bind(now)
+        .bind(fallback_channels)
         .execute(&self.pool)
         .await?;
         Ok(id)
@@ -424,7 +448,7 @@ impl Store {
     /// A message's delivery attempts, in order.
     pub async fn attempts(&self, message_id: &str) -> Result<Vec<AttemptRow>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT attempt, at, outcome, detail FROM delivery_attempts WHERE message_id = $1 ORDER BY attempt",
+            "SELECT attempt, at, outcome, detail FROM delivery_attempts WHERE message_id = $1 ORDER BY at, id",
         )
         .bind(message_id)
         .fetch_all(&self.pool)
@@ -525,72 +549,6 @@ impl Store {
         Ok(())
     }
 
-    /// Open a ticket, or merge into the open one for the same order and queue
-    /// (raising its priority if the new one is higher). Returns the ticket id
-    /// and whether it is new.
-    pub async fn open_escalation(
-        &self,
-        e: &NewEscalation<'_>,
-    ) -> Result<(String, bool), StoreError> {
-        let now = now_ms();
-        let open: Option<EscalationRow> = if e.message_id.is_some() {
-            None
-        } else {
-            sqlx::query_as(
-                "SELECT * FROM escalations WHERE tenant_id = $1 AND order_id = $2 AND queue = $3
-                 AND status IN ('open', 'acknowledged') AND message_id IS NULL ORDER BY created_at LIMIT 1",
-            )
-            .bind(e.tenant_id)
-            .bind(e.order_id)
-            .bind(e.queue)
-            .fetch_optional(&self.pool)
-            .await?
-        };
-        if let Some(open) = open {
-            let rank = |p: &str| {
-                ["low", "normal", "high", "urgent"]
-                    .iter()
-                    .position(|x| *x == p)
-                    .unwrap_or(1)
-            };
-            let priority = if rank(e.priority) > rank(&open.priority) {
-                e.priority
-            } else {
-                open.priority.as_str()
-            };
-            sqlx::query(
-                "UPDATE escalations SET priority = $1, reason = $2, updated_at = $3 WHERE id = $4",
-            )
-            .bind(priority)
-            .bind(format!("{}\n{}", open.reason, e.reason))
-            .bind(now)
-            .bind(&open.id)
-            .execute(&self.pool)
-            .await?;
-            return Ok((open.id, false));
-        }
-        let id = new_id("esc");
-        sqlx::query(
-            "INSERT INTO escalations (id, tenant_id, order_id, event_id, decision_id, queue, priority, reason,
-                                      sla_minutes, status, created_at, updated_at, message_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'open', $10, $10, $11)",
-        )
-        .bind(&id)
-        .bind(e.tenant_id)
-        .bind(e.order_id)
-        .bind(e.event_id)
-        .bind(e.decision_id)
-        .bind(e.queue)
-        .bind(e.priority)
-        .bind(e.reason)
-        .bind(e.sla_minutes)
-        .bind(now)
-        .bind(e.message_id)
-        .execute(&self.pool)
-        .await?;
-        Ok((id, true))
-    }
-
     /// A tenant's escalations, newest first, optionally only open ones of an order.
     pub async fn escalations(
         &self,
@@ -657,7 +615,7 @@ impl Store {
         let now = now_ms();
         sqlx::query(
             "UPDATE messages SET status = 'scheduled', status_reason = 'retry requested', send_at = $1, updated_at = $1,
-                                 lease_owner = NULL, lease_until = NULL
+                                 attempts = 0, lease_owner = NULL, lease_until = NULL
              WHERE id = $2",
         )
         .bind(now)

@@ -1,6 +1,7 @@
 //! Adversarial guests: each attack gets its specific fault (or a harmless,
 //! virtualised answer) and the runtime keeps serving the next decision.
 
+use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -41,17 +42,33 @@ fn assert_still_serving() {
     assert_eq!(decision.outcome.expect("actions").len(), 1);
 }
 
-fn result_of(name: &str) -> String {
+/// The variables of the probe's one notify action.
+fn probe(name: &str) -> BTreeMap<String, String> {
     let decision = attack(name).expect("the probe returns normally");
     let actions = decision.outcome.expect("the probe returns actions");
     let Some(Action::Notify(notify)) = actions.first() else {
         panic!("the probe returns a notify action, got {actions:?}")
     };
-    notify
-        .data
-        .get("result")
+    notify.data.clone()
+}
+
+fn result_of(name: &str) -> String {
+    let data = probe(name);
+    data.get("result")
         .cloned()
-        .unwrap_or_else(|| format!("{:?}", notify.data))
+        .unwrap_or_else(|| format!("{data:?}"))
+}
+
+/// Loading `bytes` fails, and the runtime that refused them still serves.
+fn refused(bytes: &[u8]) -> LoadError {
+    let (host, _) = host();
+    let err = host.runtime.load(bytes).expect_err("rejected");
+    assert_still_serving();
+    err
+}
+
+fn read_guest(path: &str) -> Vec<u8> {
+    std::fs::read(path).expect("guest components are built by build.rs")
 }
 
 #[test]
@@ -188,8 +205,12 @@ fn sleeping_is_refused_instead_of_holding_a_thread() {
 
 #[test]
 fn files_are_not_there() {
-    let result = result_of("read-file");
-    assert!(result.starts_with("err:"), "{result}");
+    let data = probe("read-file");
+    assert!(data["result"].starts_with("err:"), "{data:?}");
+    assert!(
+        data["read_dir"].starts_with("err:"),
+        "listing `.` must fail: {data:?}"
+    );
     assert_still_serving();
 }
 
@@ -198,12 +219,14 @@ fn environment_is_empty() {
     let result = result_of("read-env");
     assert!(result.contains("vars=[]"), "{result}");
     assert!(result.contains("NotPresent"), "{result}");
+    assert_still_serving();
 }
 
 #[test]
 fn sockets_are_denied() {
     let result = result_of("open-socket");
     assert!(result.starts_with("err:"), "{result}");
+    assert_still_serving();
 }
 
 #[test]
@@ -214,6 +237,7 @@ fn the_clock_reads_the_decision_time_and_does_not_advance() {
     let expected = event(EventKind::OrderCreated).occurred_at.as_millisecond();
     assert_eq!(data["system_time_ms"], expected.to_string());
     assert_eq!(data["instant_ns"], "0");
+    assert_still_serving();
 }
 
 #[test]
@@ -239,6 +263,7 @@ fn randomness_is_seeded_by_the_event_id() {
         draw(&second),
         "another event, other randomness"
     );
+    assert_still_serving();
 }
 
 #[test]
@@ -290,31 +315,25 @@ fn a_rule_error_is_an_outcome_not_a_fault() {
 
 #[test]
 fn malformed_bytes_are_rejected() {
-    let (host, _) = host();
-    let err = host
-        .runtime
-        .load(b"definitely not wasm")
-        .expect_err("rejected");
+    let err = refused(b"definitely not wasm");
     assert!(matches!(err, LoadError::Malformed), "{err}");
-    let mut truncated = std::fs::read(guests::STANDARD_LIFECYCLE).expect("built");
+    let mut truncated = read_guest(guests::STANDARD_LIFECYCLE);
     truncated.truncate(truncated.len() / 2);
-    let err = host.runtime.load(&truncated).expect_err("rejected");
+    let err = refused(&truncated);
     assert!(matches!(err, LoadError::Invalid(_)), "{err}");
 }
 
 #[test]
 fn a_core_module_is_not_a_component() {
-    let (host, _) = host();
     let empty_core_module = b"\0asm\x01\0\0\0";
-    let err = host.runtime.load(empty_core_module).expect_err("rejected");
+    let err = refused(empty_core_module);
     assert!(matches!(err, LoadError::CoreModule), "{err}");
     assert!(err.to_string().contains("wasm32-wasip2"));
 }
 
 #[test]
 fn a_component_over_the_size_limit_is_rejected_before_compiling() {
-    let (host, _) = host();
-    let mut bytes = std::fs::read(guests::STANDARD_LIFECYCLE).expect("built");
+    let mut bytes = read_guest(guests::STANDARD_LIFECYCLE);
     // A valid component padded with a 2 MiB custom section.
     let payload = vec![0u8; 2 << 20];
     let name = b"padding";
@@ -332,7 +351,7 @@ fn a_component_over_the_size_limit_is_rejected_before_compiling() {
         }
     }
     bytes.extend_from_slice(&section);
-    match host.runtime.load(&bytes).expect_err("rejected") {
+    match refused(&bytes) {
         LoadError::TooLarge { size, limit } => {
             assert_eq!(size, bytes.len());
             assert_eq!(limit, 2 << 20);
@@ -343,15 +362,62 @@ fn a_component_over_the_size_limit_is_rejected_before_compiling() {
 
 #[test]
 fn a_component_built_against_another_contract_major_is_refused() {
-    let (host, _) = host();
-    let bytes = std::fs::read(guests::FUTURE_CONTRACT).expect("built");
-    match host.runtime.load(&bytes).expect_err("rejected") {
+    match refused(&read_guest(guests::FUTURE_CONTRACT)) {
         LoadError::UnsupportedContract { found, supported } => {
             assert_eq!(found, "1.0.0");
             assert_eq!(supported, "0.1.0");
         }
         other => panic!("expected unsupported contract, got {other}"),
     }
+}
+
+#[test]
+fn a_component_without_the_plugin_export_is_not_a_plugin() {
+    let err = refused(&read_guest(guests::NOT_A_PLUGIN));
+    assert!(matches!(err, LoadError::NotAPlugin), "{err}");
+    assert!(
+        err.to_string().contains("tidings:notify/plugin"),
+        "the error names the missing export: {err}"
+    );
+}
+
+#[test]
+fn a_component_importing_what_the_host_does_not_provide_fails_to_link() {
+    match refused(&read_guest(guests::MISSING_IMPORT)) {
+        LoadError::Link(message) => {
+            assert!(
+                message.contains("hostile:probe/secrets"),
+                "the error names the import: {message}"
+            );
+        }
+        other => panic!("expected a link error, got {other}"),
+    }
+}
+
+#[test]
+fn a_component_whose_initialisation_traps_is_an_instantiation_fault() {
+    // The host instantiates a plugin at load to call `describe()`, so a
+    // component that cannot be instantiated never becomes a `Plugin`.
+    match refused(&read_guest(guests::INIT_TRAP)) {
+        LoadError::Describe(Fault::Instantiation { message }) => {
+            assert!(message.contains("unreachable"), "{message}");
+        }
+        other => panic!("expected an instantiation fault, got {other}"),
+    }
+}
+
+#[test]
+fn an_empty_template_name_is_invalid_output() {
+    match fault("invalid-output") {
+        Fault::InvalidOutput { message } => {
+            assert!(
+                message.contains("action 0") && message.contains("template ``"),
+                "{message}"
+            );
+        }
+        other => panic!("expected invalid output, got {other:?}"),
+    }
+    assert_still_serving();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

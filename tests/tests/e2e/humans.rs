@@ -5,6 +5,7 @@ use axum::http::{Method, StatusCode};
 use serde_json::{Value, json};
 use tidings_sdk::testing::fixture;
 use tidings_sdk::types::{EventKind, OrderEvent};
+use tidings_tests::fake::FakeHttp;
 use tidings_tests::guests;
 use tidings_tests::service::{Db, TestService};
 
@@ -37,6 +38,12 @@ on_both_backends!(
     an_expired_approval_escalates_or_rejects_but_never_sends,
     an_approved_message_goes_through_policy_again,
     an_agent_of_one_tenant_cannot_see_or_act_on_another_tenants_tickets,
+    a_worker_that_dies_after_claiming_a_ticket_loses_no_timer_and_the_tier_is_notified_once,
+    two_plugins_escalating_one_order_to_one_queue_give_one_ticket_with_both_reasons,
+    racing_escalations_of_one_order_and_queue_open_one_ticket,
+    a_tenant_without_agent_templates_still_notifies_its_tiers_with_the_builtin_text,
+    approval_expiry_counts_from_when_the_message_was_held_whatever_the_tiers,
+    an_actions_sla_minutes_overrides_the_first_tiers_minutes,
 );
 
 fn event(kind: EventKind, order_id: &str) -> OrderEvent {
@@ -52,10 +59,15 @@ fn vip_delay(order_id: &str) -> OrderEvent {
     e
 }
 
-fn ladder() -> Value {
+/// The chat tool's incoming webhook of tier 2.
+fn hook(chat: &FakeHttp) -> String {
+    format!("{}/hooks/vip", chat.url())
+}
+
+fn ladder(chat: &FakeHttp) -> Value {
     json!({ "escalation": { "queues": { "vip-care": { "tiers": [
         { "minutes": 30, "emails": ["first-line@bottega.example"] },
-        { "minutes": 60, "emails": ["manager@bottega.example"], "webhook_url": "https://chat.example/hooks/vip" }
+        { "minutes": 60, "emails": ["manager@bottega.example"], "webhook_url": hook(chat) }
     ] } } } })
 }
 
@@ -98,6 +110,34 @@ async fn ticket(service: &TestService, key: &str, order: &str) -> Value {
     list["items"][0].clone()
 }
 
+/// The order's ticket in `queue`.
+async fn ticket_in(service: &TestService, key: &str, order: &str, queue: &str) -> Value {
+    let (status, list) = service
+        .call(
+            Method::GET,
+            &format!("/v1/escalations?order_id={order}&queue={queue}"),
+            Some(key),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let items = list["items"].as_array().expect("items");
+    assert_eq!(items.len(), 1, "one {queue} ticket for {order}: {list}");
+    items[0].clone()
+}
+
+/// The agent emails in the outbox sent to `to`.
+fn emails_to(service: &TestService, to: &str) -> Vec<String> {
+    std::fs::read_dir(&service.outbox)
+        .map(|dir| {
+            dir.flatten()
+                .filter_map(|f| std::fs::read_to_string(f.path()).ok())
+                .filter(|text| text.contains(&format!("To: {to}")))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 async fn step(service: &TestService) {
     service.run_workers().await;
     service.run_escalations().await;
@@ -106,7 +146,8 @@ async fn step(service: &TestService) {
 
 async fn a_delayed_vip_order_climbs_the_ladder_until_an_agent_acknowledges(db: Db) {
     let service = TestService::new(db).await;
-    let (tenant, key) = service.tenant("Bottega", ladder()).await;
+    let chat = FakeHttp::start().await;
+    let (tenant, key) = service.tenant("Bottega", ladder(&chat)).await;
     service
         .install(&key, guests::STANDARD_LIFECYCLE, json!({}))
         .await;
@@ -145,10 +186,7 @@ async fn a_delayed_vip_order_climbs_the_ladder_until_an_agent_acknowledges(db: D
         sent.contains(&("manager@bottega.example".into(), "email".into())),
         "{sent:?}"
     );
-    assert!(
-        sent.contains(&("https://chat.example/hooks/vip".into(), "webhook".into())),
-        "{sent:?}"
-    );
+    assert!(sent.contains(&(hook(&chat), "webhook".into())), "{sent:?}");
     assert_eq!(ticket(&service, &agent, "ord_vip").await["tier"], 2);
 
     // An agent acknowledges: the ladder stops, nothing breaches later.
@@ -243,7 +281,8 @@ async fn a_delayed_vip_order_climbs_the_ladder_until_an_agent_acknowledges(db: D
 
 async fn an_unacknowledged_ticket_is_breached_after_the_last_tier(db: Db) {
     let service = TestService::new(db).await;
-    let (tenant, key) = service.tenant("Bottega", ladder()).await;
+    let chat = FakeHttp::start().await;
+    let (tenant, key) = service.tenant("Bottega", ladder(&chat)).await;
     service
         .install(&key, guests::STANDARD_LIFECYCLE, json!({}))
         .await;
@@ -302,6 +341,13 @@ async fn approval_shop(service: &TestService, approval: Value) -> (String, Strin
     service.agent_templates(&key).await;
     let agent = service.key(&tenant, "agent").await;
     (tenant, key, agent)
+}
+
+async fn message_status(service: &TestService, key: &str, id: &str) -> String {
+    let (_, m) = service
+        .call(Method::GET, &format!("/v1/messages/{id}"), Some(key), None)
+        .await;
+    m["status"].as_str().unwrap_or("").to_owned()
 }
 
 async fn held(service: &TestService, agent: &str) -> Vec<Value> {
@@ -480,13 +526,22 @@ async fn an_expired_approval_escalates_or_rejects_but_never_sends(db: Db) {
         .as_str()
         .expect("id")
         .to_owned();
+    // The tiers move on by their own minutes; the message expires 24 h
+    // (the default `expire_minutes`) after it was held.
     service.advance_clock(121);
+    step(&service).await;
+    let (_, message) = service
+        .call(Method::GET, &format!("/v1/messages/{id}"), Some(&key), None)
+        .await;
+    assert_eq!(message["status"], "held", "{message}");
+    service.advance_clock(24 * 60 - 121 + 1);
     step(&service).await;
     let (_, message) = service
         .call(Method::GET, &format!("/v1/messages/{id}"), Some(&key), None)
         .await;
     assert_eq!(message["status"], "rejected", "{message}");
     assert_eq!(message["status_reason"], "approval expired");
+    assert!(!service.outbox.join(format!("{id}.eml")).exists());
 }
 
 async fn an_approved_message_goes_through_policy_again(db: Db) {
@@ -599,4 +654,402 @@ async fn an_agent_of_one_tenant_cannot_see_or_act_on_another_tenants_tickets(db:
         )
         .await;
     assert_eq!(still["status"], "open");
+}
+
+async fn a_worker_that_dies_after_claiming_a_ticket_loses_no_timer_and_the_tier_is_notified_once(
+    db: Db,
+) {
+    let service = TestService::new(db).await;
+    let chat = FakeHttp::start().await;
+    let (tenant, key) = service.tenant("Bottega", ladder(&chat)).await;
+    service
+        .install(&key, guests::STANDARD_LIFECYCLE, json!({}))
+        .await;
+    service.default_templates(&key).await;
+    service.agent_templates(&key).await;
+    let agent = service.key(&tenant, "agent").await;
+    service.post_event(&key, &vip_delay("ord_crash")).await;
+    step(&service).await;
+    let opened = ticket(&service, &agent, "ord_crash").await;
+    assert!(
+        opened["next_tier_at"].is_string(),
+        "opened with its timer set: {opened}"
+    );
+    assert_eq!(notified(&service, &key, "ord_crash").await.len(), 1);
+
+    // Tier 1's time runs out; a worker claims the ticket and dies before it
+    // notifies tier 2 or re-arms the timer.
+    service.advance_clock(31);
+    let store = &service.state.pipeline.store;
+    let now = service.state.pipeline.now().as_millisecond();
+    let claimed = store
+        .claim_due_escalations(now, now + tidings_host::escalation::CLAIM_LEASE_MS, 100)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1);
+    drop(claimed);
+
+    // While the dead worker's lease runs, nobody else takes the ticket.
+    assert_eq!(service.run_escalations().await, 0);
+    step(&service).await;
+    assert_eq!(notified(&service, &key, "ord_crash").await.len(), 1);
+    let leased = ticket(&service, &agent, "ord_crash").await;
+    assert_eq!(leased["tier"], 1);
+    assert!(
+        leased["next_tier_at"].is_string(),
+        "the timer survived: {leased}"
+    );
+
+    // After the lease the ticket is due again, and tier 2 is notified once.
+    service.advance_clock(2);
+    step(&service).await;
+    let sent = notified(&service, &key, "ord_crash").await;
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    assert_eq!(
+        sent.iter()
+            .filter(|(to, _)| to == "manager@bottega.example")
+            .count(),
+        1,
+        "{sent:?}"
+    );
+    assert_eq!(
+        sent.iter().filter(|(to, _)| *to == hook(&chat)).count(),
+        1,
+        "{sent:?}"
+    );
+    assert_eq!(ticket(&service, &agent, "ord_crash").await["tier"], 2);
+    service.advance_clock(1);
+    step(&service).await;
+    assert_eq!(notified(&service, &key, "ord_crash").await.len(), 3);
+    assert_eq!(chat.received().len(), 1, "the chat tool got one POST");
+    assert_eq!(emails_to(&service, "manager@bottega.example").len(), 1);
+}
+
+async fn two_plugins_escalating_one_order_to_one_queue_give_one_ticket_with_both_reasons(db: Db) {
+    let service = TestService::new(db).await;
+    let chat = FakeHttp::start().await;
+    let (tenant, key) = service.tenant("Bottega", ladder(&chat)).await;
+    // standard-lifecycle escalates a VIP delay to `vip-care` as high; this
+    // configurable install escalates the same event to the same queue as
+    // urgent. Both decide on the same event, so both ask for a ticket.
+    service
+        .install(&key, guests::STANDARD_LIFECYCLE, json!({}))
+        .await;
+    service
+        .install(
+            &key,
+            guests::CONFIGURABLE,
+            json!({ "escalation": {
+                "queue": "vip-care", "priority": "urgent",
+                "event_kinds": ["delivery_delayed"], "customer_tags": ["vip"]
+            } }),
+        )
+        .await;
+    service.default_templates(&key).await;
+    service.agent_templates(&key).await;
+    let agent = service.key(&tenant, "agent").await;
+    service.post_event(&key, &vip_delay("ord_m")).await;
+    step(&service).await;
+
+    let merged = ticket_in(&service, &agent, "ord_m", "vip-care").await;
+    assert_eq!(merged["priority"], "urgent", "{merged}");
+    let reason = merged["reason"].as_str().expect("reason");
+    assert!(
+        reason.contains("is delayed") && reason.contains("customer tagged `vip`"),
+        "both reasons: {reason}"
+    );
+    assert_eq!(reason.lines().count(), 2, "{reason}");
+    // Tier 1 is told once, about the ticket.
+    assert_eq!(
+        notified(&service, &key, "ord_m").await,
+        [("first-line@bottega.example".into(), "email".into())]
+    );
+    let (_, audit) = service
+        .call(
+            Method::GET,
+            "/v1/audit?order_id=ord_m&limit=500",
+            Some(&key),
+            None,
+        )
+        .await;
+    let actions: Vec<&str> = audit["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|a| a["stage"] == "escalation")
+        .filter_map(|a| a["action"].as_str())
+        .collect();
+    assert_eq!(
+        (
+            actions.iter().filter(|a| **a == "opened").count(),
+            actions.iter().filter(|a| **a == "merged").count()
+        ),
+        (1, 1),
+        "{actions:?}"
+    );
+}
+
+async fn racing_escalations_of_one_order_and_queue_open_one_ticket(db: Db) {
+    let service = TestService::new(db).await;
+    let chat = FakeHttp::start().await;
+    let (tenant, key) = service.tenant("Bottega", ladder(&chat)).await;
+    service.agent_templates(&key).await;
+    let agent = service.key(&tenant, "agent").await;
+    let (_, accepted) = service.post_event(&key, &vip_delay("ord_race")).await;
+    let pipeline = service.state.pipeline.clone();
+    let row = pipeline
+        .store
+        .event(&tenant, accepted["id"].as_str().expect("event id"))
+        .await
+        .expect("read")
+        .expect("the event is stored");
+    let (_, settings) = pipeline.tenant(&tenant).await.expect("tenant");
+    let priorities = [
+        "normal", "high", "low", "urgent", "normal", "high", "low", "normal",
+    ];
+    let racers: Vec<_> = priorities
+        .into_iter()
+        .enumerate()
+        .map(|(i, priority)| {
+            let (pipeline, row, settings) = (pipeline.clone(), row.clone(), settings.clone());
+            tokio::spawn(async move {
+                let reason = format!("reason {i}");
+                tidings_host::escalation::open(
+                    &pipeline,
+                    &row,
+                    &settings,
+                    &tidings_host::escalation::Opening {
+                        queue: "vip-care",
+                        priority,
+                        reason: &reason,
+                        sla_minutes: None,
+                        decision_id: None,
+                        message_id: None,
+                    },
+                )
+                .await
+                .expect("open")
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for racer in racers {
+        ids.push(racer.await.expect("the task ran"));
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "every racer got the same ticket: {ids:?}");
+
+    let only = ticket_in(&service, &agent, "ord_race", "vip-care").await;
+    assert_eq!(only["id"], ids[0].as_str());
+    assert_eq!(only["priority"], "urgent");
+    let reason = only["reason"].as_str().expect("reason");
+    for i in 0..priorities.len() {
+        assert!(reason.contains(&format!("reason {i}")), "{reason}");
+    }
+    service.deliver().await;
+    assert_eq!(
+        notified(&service, &key, "ord_race").await,
+        [("first-line@bottega.example".into(), "email".into())]
+    );
+}
+
+async fn a_tenant_without_agent_templates_still_notifies_its_tiers_with_the_builtin_text(db: Db) {
+    let service = TestService::new(db).await;
+    let chat = FakeHttp::start().await;
+    let (_, key) = service.tenant("Bottega", ladder(&chat)).await;
+    service
+        .install(&key, guests::STANDARD_LIFECYCLE, json!({}))
+        .await;
+    service.default_templates(&key).await;
+    service.post_event(&key, &vip_delay("ord_t")).await;
+    step(&service).await;
+    assert_eq!(
+        notified(&service, &key, "ord_t").await,
+        [("first-line@bottega.example".into(), "email".into())]
+    );
+    let first = emails_to(&service, "first-line@bottega.example");
+    assert_eq!(first.len(), 1);
+    assert!(
+        first[0].contains("needs attention") && first[0].contains("vip-care"),
+        "the built-in notice: {}",
+        first[0]
+    );
+
+    // The tenant's own template wins once it has one.
+    let (status, body) = service
+        .call(
+            Method::PUT,
+            "/v1/templates/escalation-notice/email/en",
+            Some(&key),
+            Some(json!({
+                "subject": "Bottega desk: ticket {{ data.ticket_id }}",
+                "text": "Please look at order {{ order.number }} ({{ data.queue }}).",
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    service.advance_clock(31);
+    step(&service).await;
+    let sent = notified(&service, &key, "ord_t").await;
+    assert!(
+        sent.contains(&(hook(&chat), "webhook".into())),
+        "the webhook gets the built-in text: {sent:?}"
+    );
+    let posted = chat.received();
+    assert_eq!(posted.len(), 1);
+    let body = String::from_utf8_lossy(&posted[0].body);
+    assert!(body.contains("ack: POST /v1/escalations/"), "{body}");
+    let manager = emails_to(&service, "manager@bottega.example");
+    assert_eq!(manager.len(), 1);
+    assert!(
+        manager[0].contains("Bottega desk: ticket") && !manager[0].contains("needs attention"),
+        "{}",
+        manager[0]
+    );
+}
+
+async fn approval_expiry_counts_from_when_the_message_was_held_whatever_the_tiers(db: Db) {
+    // Rejected after `expire_minutes`, while the tiers (120, 240 minutes)
+    // are notified by their own minutes.
+    let service = TestService::new(db).await;
+    let (_, key, agent) = approval_shop(
+        &service,
+        json!({ "expire_minutes": 300, "on_expiry": "reject" }),
+    )
+    .await;
+    service
+        .post_event(&key, &event(EventKind::RefundCreated, "ord_x1"))
+        .await;
+    step(&service).await;
+    let id = held(&service, &agent).await[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    service.advance_clock(121);
+    step(&service).await;
+    assert!(
+        notified(&service, &key, "ord_x1")
+            .await
+            .contains(&("finance@bottega.example".into(), "email".into())),
+        "tier 2 after tier 1's 120 minutes"
+    );
+    assert_eq!(message_status(&service, &key, &id).await, "held");
+    service.advance_clock(178);
+    step(&service).await;
+    assert_eq!(
+        message_status(&service, &key, &id).await,
+        "held",
+        "299 minutes"
+    );
+    service.advance_clock(2);
+    step(&service).await;
+    assert_eq!(
+        message_status(&service, &key, &id).await,
+        "rejected",
+        "301 minutes"
+    );
+    let closed = ticket_in(&service, &agent, "ord_x1", "approvals").await;
+    assert_eq!(closed["status"], "resolved");
+    assert!(!service.outbox.join(format!("{id}.eml")).exists());
+
+    // Escalated at expiry, before tier 1's time ran out; then the ladder
+    // goes on by tier 2's own minutes.
+    let service = TestService::new(db).await;
+    let (_, key, agent) = approval_shop(&service, json!({ "expire_minutes": 60 })).await;
+    service
+        .post_event(&key, &event(EventKind::RefundCreated, "ord_x2"))
+        .await;
+    step(&service).await;
+    let id = held(&service, &agent).await[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let opened = ticket_in(&service, &agent, "ord_x2", "approvals").await;
+    assert!(opened["expires_at"].is_string(), "{opened}");
+    service.advance_clock(59);
+    step(&service).await;
+    assert_eq!(notified(&service, &key, "ord_x2").await.len(), 1);
+    service.advance_clock(2);
+    step(&service).await;
+    assert_eq!(
+        notified(&service, &key, "ord_x2").await,
+        [
+            ("refunds@bottega.example".into(), "email".into()),
+            ("finance@bottega.example".into(), "email".into())
+        ],
+        "expiry at 60 minutes escalates to tier 2"
+    );
+    let escalated = ticket_in(&service, &agent, "ord_x2", "approvals").await;
+    assert_eq!(
+        (escalated["tier"].clone(), escalated["breached"].clone()),
+        (json!(2), json!(false))
+    );
+    assert!(escalated["expires_at"].is_null(), "{escalated}");
+    // Tier 1's own 120 minutes pass: nothing more.
+    service.advance_clock(60);
+    step(&service).await;
+    assert_eq!(notified(&service, &key, "ord_x2").await.len(), 2);
+    // Tier 2 has 240 minutes from when it was notified (61).
+    service.advance_clock(178);
+    step(&service).await;
+    assert_eq!(
+        ticket_in(&service, &agent, "ord_x2", "approvals").await["breached"],
+        false,
+        "299 minutes"
+    );
+    service.advance_clock(3);
+    step(&service).await;
+    assert_eq!(
+        ticket_in(&service, &agent, "ord_x2", "approvals").await["breached"],
+        true,
+        "302 minutes"
+    );
+    assert_eq!(
+        message_status(&service, &key, &id).await,
+        "held",
+        "never sent unapproved"
+    );
+}
+
+async fn an_actions_sla_minutes_overrides_the_first_tiers_minutes(db: Db) {
+    let service = TestService::new(db).await;
+    let chat = FakeHttp::start().await;
+    let (tenant, key) = service.tenant("Bottega", ladder(&chat)).await;
+    // vip-concierge escalates VIP delays with its `sla_minutes`; the queue's
+    // tier 1 has 30 minutes.
+    service
+        .install(&key, guests::VIP_CONCIERGE, json!({ "sla_minutes": 10 }))
+        .await;
+    service.default_templates(&key).await;
+    service.agent_templates(&key).await;
+    let agent = service.key(&tenant, "agent").await;
+    service.post_event(&key, &vip_delay("ord_sla")).await;
+    step(&service).await;
+    let opened = ticket_in(&service, &agent, "ord_sla", "vip-care").await;
+    assert_eq!(opened["sla_minutes"], 10, "{opened}");
+    assert_eq!(notified(&service, &key, "ord_sla").await.len(), 1);
+
+    service.advance_clock(9);
+    step(&service).await;
+    assert_eq!(notified(&service, &key, "ord_sla").await.len(), 1);
+    service.advance_clock(2);
+    step(&service).await;
+    let sent = notified(&service, &key, "ord_sla").await;
+    assert!(
+        sent.contains(&("manager@bottega.example".into(), "email".into())),
+        "tier 2 after the action's 10 minutes, not tier 1's 30: {sent:?}"
+    );
+    // Tier 2 keeps its own 60 minutes.
+    service.advance_clock(58);
+    step(&service).await;
+    assert_eq!(
+        ticket_in(&service, &agent, "ord_sla", "vip-care").await["breached"],
+        false
+    );
+    service.advance_clock(3);
+    step(&service).await;
+    assert_eq!(
+        ticket_in(&service, &agent, "ord_sla", "vip-care").await["breached"],
+        true
+    );
 }

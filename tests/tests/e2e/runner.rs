@@ -177,3 +177,47 @@ fn a_missing_file_says_which() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("cannot read /nonexistent/plugin.wasm"));
 }
+
+/// The order event shown in the README is complete and valid: the SDK's
+/// event type and the host's ingest (what `--event` and `POST /v1/events`
+/// use) both accept it as it is written.
+#[test]
+fn the_readme_order_event_example_is_a_valid_event() {
+    let readme =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .expect("README.md");
+    let section = readme
+        .split_once("## The order event (JSON)")
+        .expect("the README has the order event section")
+        .1;
+    let block = section
+        .split_once("```json\n")
+        .and_then(|(_, rest)| rest.split_once("\n```"))
+        .expect("the section has a JSON block")
+        .0;
+    assert!(!block.contains('…'), "the example is shortened: {block}");
+    let event = tidings_sdk::types::OrderEvent::from_json(block)
+        .unwrap_or_else(|e| panic!("the README example is not a valid event: {e}"));
+    assert_eq!(event.kind, tidings_sdk::types::EventKind::ShipmentCreated);
+    let shipment = event.shipment.as_ref().expect("the example has a shipment");
+    assert_eq!(shipment.tracking_number.as_deref(), Some("BRT123456789IT"));
+    assert!(!shipment.items.is_empty());
+    tidings_host::ingest::parse(block)
+        .unwrap_or_else(|e| panic!("the host refuses the README example: {e}"));
+
+    // And the local runner decides on it.
+    let path = scratch("readme-event.json", block);
+    let out = tidings(&[
+        "plugin",
+        "run",
+        guests::STANDARD_LIFECYCLE,
+        "--event",
+        &path.display().to_string(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("order-shipped"),
+        "{}",
+        text(&out.stdout)
+    );
+}

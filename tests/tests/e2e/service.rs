@@ -44,6 +44,7 @@ on_both_backends!(
     templates_are_validated_and_previewed,
     metrics_and_health_are_served,
     plugins_upload_as_raw_bytes_or_multipart_within_the_size_limit,
+    sandbox_limits_are_set_by_the_operator_only,
 );
 
 /// The sample event of `kind` for `order_id`.
@@ -246,8 +247,13 @@ async fn bad_requests_get_precise_errors(db: Db) {
 
     let mut huge = serde_json::to_value(event(EventKind::OrderCreated, "o")).expect("json");
     huge["attributes"]["blob"] = json!("x".repeat(300 << 10));
-    let (status, _) = post(huge.to_string().into_bytes(), Some(key.clone())).await;
-    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    let (status, body) = post(huge.to_string().into_bytes(), Some(key.clone())).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(
+        body["error"]["code"], "too_large",
+        "413 is JSON too: {body}"
+    );
+    assert!(body["error"]["message"].as_str().is_some(), "{body}");
 
     let valid = serde_json::to_vec(&event(EventKind::OrderCreated, "o")).expect("json");
     assert_eq!(post(valid.clone(), None).await.0, StatusCode::UNAUTHORIZED);
@@ -368,6 +374,152 @@ async fn a_merchant_never_sees_another_tenants_data(db: Db) {
         .call(Method::GET, "/v1/events?order_id=ord_b", Some(&key_b), None)
         .await;
     assert_eq!(events_b["items"].as_array().expect("items").len(), 1);
+
+    // A template of the same name in A is A's own: B's list and rendering
+    // do not change.
+    let (_, b_templates_before) = service
+        .call(Method::GET, "/v1/templates", Some(&key_b), None)
+        .await;
+    let preview = |key: String, locale: &'static str| {
+        let service = &service;
+        async move {
+            service
+                .call(
+                    Method::POST,
+                    "/v1/templates/preview",
+                    Some(&key),
+                    Some(json!({
+                        "template": "order-confirmation",
+                        "channel": "email",
+                        "locale": locale,
+                        "event": event(EventKind::OrderCreated, "ord_b"),
+                    })),
+                )
+                .await
+        }
+    };
+    let (status, b_rendered_before) = preview(key_b.clone(), "en").await;
+    assert_eq!(status, StatusCode::OK, "{b_rendered_before}");
+    // A has no templates yet: previewing B's template fails for A.
+    let (status, body) = preview(key_a.clone(), "en").await;
+    assert!(status.is_client_error(), "{status}: {body}");
+    assert!(body["error"]["code"].is_string(), "{body}");
+    assert!(
+        !body
+            .to_string()
+            .contains(b_rendered_before["subject"].as_str().expect("B's subject")),
+        "A's failed preview shows B's template: {body}"
+    );
+    let (status, body) = service
+        .call(
+            Method::PUT,
+            "/v1/templates/order-confirmation/email/en",
+            Some(&key_a),
+            Some(json!({
+                "subject": "A's own confirmation {{ order.id }}",
+                "text": "A's text",
+                "html": null
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, b_templates_after) = service
+        .call(Method::GET, "/v1/templates", Some(&key_b), None)
+        .await;
+    assert_eq!(
+        b_templates_after, b_templates_before,
+        "A's PUT changed B's templates"
+    );
+    let (_, b_rendered_after) = preview(key_b.clone(), "en").await;
+    assert_eq!(
+        b_rendered_after, b_rendered_before,
+        "A's PUT changed B's rendering"
+    );
+    let (status, a_rendered) = preview(key_a.clone(), "en").await;
+    assert_eq!(status, StatusCode::OK, "{a_rendered}");
+    assert_eq!(a_rendered["subject"], "A's own confirmation ord_b");
+    let (_, a_templates) = service
+        .call(Method::GET, "/v1/templates", Some(&key_a), None)
+        .await;
+    assert_eq!(
+        a_templates["items"].as_array().expect("items").len(),
+        1,
+        "A sees only its own template: {a_templates}"
+    );
+
+    // Settings are each tenant's own, to read and to write.
+    let (status, a_settings) = service
+        .call(Method::GET, "/v1/settings", Some(&key_a), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{a_settings}");
+    assert_eq!(a_settings["name"], "A");
+    assert_ne!(a_settings["id"], json!(tenant_b));
+    assert_ne!(a_settings["settings"]["shop"]["name"], "Bottega");
+    let (_, b_settings_before) = service
+        .call(Method::GET, "/v1/settings", Some(&key_b), None)
+        .await;
+    let (status, body) = service
+        .call_raw(
+            Method::PUT,
+            "/v1/settings",
+            Some(&key_a),
+            &[("x-tenant-id", tenant_b.as_str())],
+            json!({ "shop": { "name": "A renamed" } })
+                .to_string()
+                .into_bytes(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["name"], "A", "A's PUT lands on A: {body}");
+    let (_, b_settings_after) = service
+        .call(Method::GET, "/v1/settings", Some(&key_b), None)
+        .await;
+    assert_eq!(
+        b_settings_after, b_settings_before,
+        "A's PUT changed B's settings"
+    );
+
+    // Integrations too.
+    let (status, body) = service
+        .call(
+            Method::PUT,
+            "/v1/integrations/shopify",
+            Some(&key_a),
+            Some(json!({ "secret": "a-shopify-secret" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, b_integrations) = service
+        .call(Method::GET, "/v1/integrations", Some(&key_b), None)
+        .await;
+    assert_eq!(b_integrations["items"], json!([]), "B sees A's integration");
+    let (status, body) = service
+        .call(
+            Method::PUT,
+            "/v1/integrations/woocommerce",
+            Some(&key_b),
+            Some(json!({ "secret": "b-woocommerce-secret" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, a_integrations) = service
+        .call(Method::GET, "/v1/integrations", Some(&key_a), None)
+        .await;
+    let platforms: Vec<&str> = a_integrations["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|i| i["platform"].as_str())
+        .collect();
+    assert_eq!(platforms, ["shopify"], "{a_integrations}");
+    assert!(
+        !a_integrations.to_string().contains(&tenant_b),
+        "A's integrations mention B: {a_integrations}"
+    );
+    assert!(
+        !a_integrations.to_string().contains("a-shopify-secret"),
+        "secrets are never read back"
+    );
 }
 
 async fn a_plugin_fault_escalates_and_keeps_the_event(db: Db) {
@@ -770,4 +922,187 @@ async fn plugins_upload_as_raw_bytes_or_multipart_within_the_size_limit(db: Db) 
             .contains("not a component"),
         "{body}"
     );
+}
+
+async fn sandbox_limits_are_set_by_the_operator_only(db: Db) {
+    let service = TestService::new(db).await;
+    let (tenant, key) = service.tenant("Shop", json!({})).await;
+    let plugin = service
+        .install(&key, guests::STANDARD_LIFECYCLE, json!({}))
+        .await;
+    let limits = |body: &Value| body["settings"]["limits"].clone();
+    let (_, before) = service
+        .call(Method::GET, "/v1/settings", Some(&key), None)
+        .await;
+    assert_eq!(limits(&before)["fuel"], 10_000_000);
+
+    // A merchant cannot raise (or change at all) its own limits...
+    let (status, body) = service
+        .call(
+            Method::PUT,
+            "/v1/settings",
+            Some(&key),
+            Some(json!({ "limits": { "fuel": 1_000_000_000_u64, "wall_clock_ms": 1000 } })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"]["code"], "forbidden");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("settings.limits"),
+        "{body}"
+    );
+    let (_, after) = service
+        .call(Method::GET, "/v1/settings", Some(&key), None)
+        .await;
+    assert_eq!(limits(&after), limits(&before), "the limits are unchanged");
+    // ...nor use the operator's route.
+    let (status, _) = service
+        .call(
+            Method::PUT,
+            &format!("/v1/tenants/{tenant}/limits"),
+            Some(&key),
+            Some(json!({ "fuel": 1_000_000_000_u64 })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // Sending the limits back unchanged is fine.
+    let mut unchanged = before["settings"].clone();
+    unchanged["shop"]["name"] = json!("Shop, renamed");
+    let (status, body) = service
+        .call(Method::PUT, "/v1/settings", Some(&key), Some(unchanged))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // The operator's limits are checked against what the engine enforces.
+    for (body, field) in [
+        (json!({ "fuel": 2_000_000_000_u64 }), "fuel"),
+        (json!({ "wall_clock_ms": 60_000 }), "wall_clock_ms"),
+        (json!({ "memory_bytes": 1_u64 << 30 }), "memory_bytes"),
+        (json!({ "fuel": "lots" }), "fuel"),
+    ] {
+        let (status, answer) = service
+            .call(
+                Method::PUT,
+                &format!("/v1/tenants/{tenant}/limits"),
+                Some(OPERATOR_KEY),
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {answer}");
+        assert_eq!(answer["error"]["field"], field, "{answer}");
+    }
+    let (status, answer) = service
+        .call_raw(
+            Method::PUT,
+            "/v1/settings",
+            Some(OPERATOR_KEY),
+            &[("x-tenant-id", tenant.as_str())],
+            json!({ "limits": { "memory_bytes": 1_u64 << 30 } })
+                .to_string()
+                .into_bytes(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert_eq!(answer["error"]["field"], "settings.limits.memory_bytes");
+    let (status, answer) = service
+        .call(
+            Method::POST,
+            "/v1/tenants",
+            Some(OPERATOR_KEY),
+            Some(json!({
+                "name": "Greedy", "timezone": "UTC", "default_locale": "en",
+                "settings": { "limits": { "fuel": 5_000_000_000_u64 } }
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert_eq!(answer["error"]["field"], "settings.limits.fuel");
+    let (status, answer) = service
+        .call(
+            Method::PUT,
+            "/v1/tenants/ten_missing/limits",
+            Some(OPERATOR_KEY),
+            Some(json!({ "fuel": 1000 })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
+
+    // The operator lowers this tenant's fuel...
+    let (status, answer) = service
+        .call(
+            Method::PUT,
+            &format!("/v1/tenants/{tenant}/limits"),
+            Some(OPERATOR_KEY),
+            Some(json!({ "fuel": 1000 })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(limits(&answer)["fuel"], 1000);
+    assert_eq!(
+        answer["settings"]["shop"]["name"], "Shop, renamed",
+        "other settings stay"
+    );
+    // ...a merchant's later PUT without limits keeps them...
+    let (status, body) = service
+        .call(
+            Method::PUT,
+            "/v1/settings",
+            Some(&key),
+            Some(json!({ "shop": { "name": "Shop" } })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(limits(&body)["fuel"], 1000);
+    // ...and the tenant's decisions now run out of fuel.
+    let (status, dry) = service
+        .call(
+            Method::POST,
+            &format!("/v1/plugins/{plugin}/dry-run"),
+            Some(&key),
+            Some(json!({ "event": event(EventKind::OrderCreated, "ord_l") })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{dry}");
+    assert_eq!(dry["outcome"]["fault"]["kind"], "out_of_fuel", "{dry}");
+    assert_eq!(dry["outcome"]["fault"]["limit"], 1000, "{dry}");
+    service
+        .post_event(&key, &event(EventKind::OrderCreated, "ord_l"))
+        .await;
+    service.run_workers().await;
+    let (_, events) = service
+        .call(Method::GET, "/v1/events?order_id=ord_l", Some(&key), None)
+        .await;
+    let decision = &events["items"][0]["decisions"][0];
+    assert_eq!(decision["outcome"], "fault", "{events}");
+    assert_eq!(
+        decision["detail"]["fault"]["kind"], "out_of_fuel",
+        "{events}"
+    );
+
+    // The operator can also set them through the tenant's settings.
+    let (status, answer) = service
+        .call_raw(
+            Method::PUT,
+            "/v1/settings",
+            Some(OPERATOR_KEY),
+            &[("x-tenant-id", tenant.as_str())],
+            json!({ "limits": { "fuel": 20_000_000 } })
+                .to_string()
+                .into_bytes(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(limits(&answer)["fuel"], 20_000_000);
+    let (_, dry) = service
+        .call(
+            Method::POST,
+            &format!("/v1/plugins/{plugin}/dry-run"),
+            Some(&key),
+            Some(json!({ "event": event(EventKind::OrderCreated, "ord_l2") })),
+        )
+        .await;
+    assert!(dry["outcome"]["actions"].is_array(), "{dry}");
 }

@@ -42,6 +42,8 @@
 //!   1 MiB string.
 //! - `too-many-actions`: 1,000 `order-confirmation` emails, each with an
 //!   `index` variable.
+//! - `invalid-output`: one email with an empty template name, well-typed but
+//!   unusable.
 //! - `log-flood`: 100 plugin-log lines of 200 characters, 100 stdout lines of
 //!   200 characters, then one normal `order-confirmation` email.
 //! - `stdout`: prints `hello from the plugin` to stdout and
@@ -101,6 +103,7 @@ impl Rule for Hostile {
             "deep-recursion" => vec![confirmation().with("depth", recurse_small(0))],
             "big-frames" => vec![confirmation().with("depth", recurse_big(0))],
             "giant-output" => vec![confirmation().with("blob", "x".repeat(1 << 20))],
+            "invalid-output" => vec![notify(Channel::Email, "")],
             "too-many-actions" => (0..1_000)
                 .map(|i| confirmation().with("index", i))
                 .collect(),

@@ -1,0 +1,230 @@
+//! Delivery: retries, channel fallback, the tenant's channel settings and
+//! provider references for status callbacks.
+
+use super::{MessageRow, Store, StoreError, new_id, now_ms};
+
+impl Store {
+    /// After a transient failure: record the attempt and put the message back
+    /// in the queue, due at `at` (ms).
+    pub async fn retry_message(
+        &self,
+        m: &MessageRow,
+        at: i64,
+        reason: &str,
+        rendered: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        let attempt = m.attempts + 1;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE messages SET status = 'scheduled', status_reason = $1, send_at = $2, attempts = $3,
+                                 rendered = COALESCE($4, rendered), lease_owner = NULL, lease_until = NULL, updated_at = $5
+             WHERE id = $6",
+        )
+        .bind(format!("retrying after: {reason}"))
+        .bind(at)
+        .bind(attempt)
+        .bind(rendered)
+        .bind(now)
+        .bind(&m.id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO delivery_attempts (id, tenant_id, message_id, attempt, at, outcome, detail)
+             VALUES ($1, $2, $3, $4, $5, 'failed', $6)",
+        )
+        .bind(new_id("att"))
+        .bind(&m.tenant_id)
+        .bind(&m.id)
+        .bind(attempt)
+        .bind(now)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+impl Store {
+    /// A tenant's settings of every configured channel: (channel, config
+    /// JSON, updated ms).
+    pub async fn channel_settings(
+        &self,
+        tenant_id: &str,
+    ) -> Result<Vec<(String, String, i64)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT channel, config, updated_at FROM channel_settings WHERE tenant_id = $1 ORDER BY channel",
+        )
+        .bind(tenant_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Set (or replace) a tenant's settings of one channel.
+    pub async fn set_channel_settings(
+        &self,
+        tenant_id: &str,
+        channel: &str,
+        config: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO channel_settings (tenant_id, channel, config, updated_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (tenant_id, channel) DO UPDATE SET config = excluded.config, updated_at = excluded.updated_at",
+        )
+        .bind(tenant_id)
+        .bind(channel)
+        .bind(config)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Remove a tenant's settings of one channel; whether there were any.
+    pub async fn delete_channel_settings(
+        &self,
+        tenant_id: &str,
+        channel: &str,
+    ) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query("DELETE FROM channel_settings WHERE tenant_id = $1 AND channel = $2")
+                .bind(tenant_id)
+                .bind(channel)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// After `m.channel` failed for good: record the attempt and move the
+    /// message to `channel`, due at `at` (ms), with `rest` (JSON) left to
+    /// try after it. Its rendering is dropped: the new channel has its own
+    /// templates.
+    pub async fn fall_back(
+        &self,
+        m: &MessageRow,
+        channel: &str,
+        rest: &str,
+        at: i64,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE messages SET channel = $1, fallback_channels = $2, status = 'scheduled', status_reason = $3,
+                                 send_at = $4, attempts = 0, rendered = NULL, lease_owner = NULL,
+                                 lease_until = NULL, updated_at = $5
+             WHERE id = $6",
+        )
+        .bind(channel)
+        .bind(rest)
+        .bind(format!("falling back from {} to {channel}: {reason}", m.channel))
+        .bind(at)
+        .bind(now)
+        .bind(&m.id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO delivery_attempts (id, tenant_id, message_id, attempt, at, outcome, detail)
+             VALUES ($1, $2, $3, $4, $5, 'failed', $6)",
+        )
+        .bind(new_id("att"))
+        .bind(&m.tenant_id)
+        .bind(&m.id)
+        .bind(m.attempts + 1)
+        .bind(now)
+        .bind(format!("{}: {reason}", m.channel))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Remember the provider's id of a sent message.
+    pub async fn set_provider_id(
+        &self,
+        message_id: &str,
+        provider_id: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE messages SET provider_id = $1 WHERE id = $2")
+            .bind(provider_id)
+            .bind(message_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The message of a tenant that the provider knows as `provider_id`.
+    pub async fn message_by_provider_id(
+        &self,
+        tenant_id: &str,
+        provider_id: &str,
+    ) -> Result<Option<MessageRow>, StoreError> {
+        let query = format!(
+            "SELECT {} FROM messages WHERE tenant_id = $1 AND provider_id = $2",
+            super::messages::MESSAGE_COLUMNS
+        );
+        Ok(sqlx::query_as(&query)
+            .bind(tenant_id)
+            .bind(provider_id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// What the provider or the recipient's server said after the hand-off
+    /// (`delivered`, `undelivered`, `failed`, `bounced`, `complained`):
+    /// the message's final status, with the report kept as an attempt.
+    /// Only a message still `sent` changes, so a late or repeated callback
+    /// cannot undo a final status; returns whether it changed.
+    pub async fn report_delivery(
+        &self,
+        m: &MessageRow,
+        status: &str,
+        detail: &str,
+    ) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let changed = sqlx::query(
+            "UPDATE messages SET status = $1, status_reason = $2, updated_at = $3
+             WHERE id = $4 AND status = 'sent'",
+        )
+        .bind(status)
+        .bind(detail)
+        .bind(now)
+        .bind(&m.id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0;
+        sqlx::query(
+            "INSERT INTO delivery_attempts (id, tenant_id, message_id, attempt, at, outcome, detail)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(new_id("att"))
+        .bind(&m.tenant_id)
+        .bind(&m.id)
+        .bind(m.attempts)
+        .bind(now)
+        .bind(status)
+        .bind(detail)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(changed)
+    }
+}
+
+impl Store {
+    /// Give a leased message back untouched, due again at `at` (ms).
+    pub async fn release_message(&self, message_id: &str, at: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE messages SET status = 'scheduled', send_at = $1, lease_owner = NULL, lease_until = NULL
+             WHERE id = $2 AND status = 'sending'",
+        )
+        .bind(at)
+        .bind(message_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
