@@ -565,6 +565,7 @@ pub async fn render_message(
             );
         }
     }
+    crate::escalation::add_builtin_templates(&mut templates, m);
     let data = serde_json::from_str(&m.data).unwrap_or_default();
     let shop = settings.shop.info();
     let request = render::RenderRequest {

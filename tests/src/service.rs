@@ -74,7 +74,7 @@ fn unique(prefix: &str) -> String {
 }
 
 /// Compiled plugins are shared by every test service of the run.
-fn cache_dir() -> PathBuf {
+pub fn cache_dir() -> PathBuf {
     std::env::temp_dir().join(format!("tidings-test-cache-{}", std::process::id()))
 }
 

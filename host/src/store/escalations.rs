@@ -241,7 +241,8 @@ impl Store {
     }
 
     /// Move a ticket to `status` (`acknowledged` or `resolved`), stopping its
-    /// ladder. Returns false when it was already in a final state.
+    /// ladder; a held message's expiry still runs until the ticket is
+    /// resolved. Returns false when it was already in a final state.
     pub async fn set_escalation_status(
         &self,
         tenant_id: &str,

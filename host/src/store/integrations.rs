@@ -1,5 +1,6 @@
-//! Platform integrations (webhook secrets), platform order snapshots, and
-//! the deliveries held until their order arrives.
+//! Platform integrations (webhook secrets), platform order snapshots, the
+//! deliveries held until their order arrives, and the delivery ids already
+//! handled (so a redelivery is dropped before it is mapped again).
 //!
 //! A webhook delivery is handled in one [`PlatformTx`]: the order's snapshot
 //! is read, the event stored, the snapshot updated, held deliveries released
@@ -142,23 +143,6 @@ impl Store {
         )
         .bind(tenant_id)
         .fetch_all(&self.pool)
-        .await?)
-    }
-
-    /// The last known state of a platform order.
-    pub async fn platform_order(
-        &self,
-        tenant_id: &str,
-        platform: &str,
-        order_id: &str,
-    ) -> Result<Option<PlatformOrderRow>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT platform_status, snapshot FROM platform_orders WHERE tenant_id = $1 AND platform = $2 AND order_id = $3",
-        )
-        .bind(tenant_id)
-        .bind(platform)
-        .bind(order_id)
-        .fetch_optional(&self.pool)
         .await?)
     }
 }

@@ -35,6 +35,8 @@ class Handler:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        if mode == "slow":
+            await asyncio.sleep(0.3)
         n = len([f for f in os.listdir(out) if f.endswith(".eml")])
         with open(os.path.join(out, f"{n}.json"), "w") as f:
             json.dump({"mail_from": envelope.mail_from, "rcpt_tos": envelope.rcpt_tos}, f)
@@ -88,16 +90,17 @@ print(dkim.verify(open(sys.argv[1], "rb").read(), dnsfunc=dns))
 "#;
 
 /// An aiosmtpd process on a free loopback port, killed when dropped.
-struct SmtpServer {
+pub(crate) struct SmtpServer {
     child: Child,
     port: u16,
     dir: PathBuf,
 }
 
 impl SmtpServer {
-    /// `mode`: `accept`, `reject` (550 to RCPT), `defer` (451 to RCPT) or
-    /// `auth` (login `shop` / `s3cret` required).
-    fn start(mode: &str) -> Self {
+    /// `mode`: `accept`, `slow` (accepts, 300 ms per message), `reject`
+    /// (550 to RCPT), `defer` (451 to RCPT) or `auth` (login `shop` /
+    /// `s3cret` required).
+    pub(crate) fn start(mode: &str) -> Self {
         let dir = scratch_dir(mode);
         std::fs::write(dir.join("server.py"), SERVER).expect("write the server script");
         let stderr = std::fs::File::create(dir.join("server.log")).expect("server log");
@@ -128,12 +131,12 @@ impl SmtpServer {
         server
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("smtp://127.0.0.1:{}", self.port)
     }
 
     /// Every message received so far: (envelope, raw bytes).
-    fn received(&self) -> Vec<(Value, Vec<u8>)> {
+    pub(crate) fn received(&self) -> Vec<(Value, Vec<u8>)> {
         (0..)
             .map(|n| self.dir.join(format!("{n}.eml")))
             .take_while(|eml| eml.exists())

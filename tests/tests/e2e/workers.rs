@@ -1,0 +1,208 @@
+//! Several `tidings serve --role worker` processes on one PostgreSQL
+//! database share the work through leases; one is killed with SIGKILL in
+//! the middle of a burst, and every message still reaches the (real,
+//! independent) SMTP server — the ones it had in flight possibly twice, each
+//! copy with the same `Message-ID`.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use axum::http::Method;
+use serde_json::json;
+use tidings_sdk::testing::fixture;
+use tidings_sdk::types::EventKind;
+use tidings_tests::guests;
+use tidings_tests::service::{Db, TestService};
+
+use crate::smtp::SmtpServer;
+
+/// A `tidings serve --role worker` process, killed when dropped.
+struct Worker(Child);
+
+impl Worker {
+    fn start(database_url: &str, smtp_url: &str, dir: &Path, name: &str) -> Self {
+        let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_tidings"))
+            .args([
+                "serve",
+                "--role",
+                "worker",
+                "--lease-secs",
+                "3",
+                "--log",
+                "warn",
+            ])
+            .arg("--database-url")
+            .arg(database_url)
+            .arg("--smtp-url")
+            .arg(smtp_url)
+            .arg("--outbox")
+            .arg(dir.join(format!("{name}-outbox")))
+            .arg("--cache-dir")
+            // Where the test service precompiled the plugin at upload.
+            .arg(tidings_tests::service::cache_dir())
+            .env_remove("TIDINGS_SMTP_URL")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("the tidings binary runs");
+        Self(child)
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// SIGKILL: no chance to finish or release anything.
+    fn kill(&mut self) {
+        self.0.kill().expect("SIGKILL");
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn message_id(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw);
+    text.lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("message-id")
+                .then(|| value.trim().to_owned())
+        })
+        .expect("every message has a Message-ID")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_burst_loses_no_message() {
+    const BURST: usize = 60;
+    let smtp = SmtpServer::start("slow");
+    let service = TestService::new(Db::Postgres).await;
+    let (_, key) = service.tenant("Burst shop", json!({})).await;
+    let config = json!({ "rules": { "order_created": [{ "channel": "email", "template": "order-confirmation" }] } });
+    service.install(&key, guests::CONFIGURABLE, config).await;
+    service.default_templates(&key).await;
+    for n in 0..BURST {
+        let mut e = fixture(EventKind::OrderCreated);
+        e.id = format!("evt_burst_{n}");
+        e.order.id = format!("ord_burst_{n}");
+        service.post_event(&key, &e).await;
+    }
+
+    let dir = std::env::temp_dir().join(format!("tidings-workers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let mut workers = [
+        Worker::start(&service.database_url, &smtp.url(), &dir, "a"),
+        Worker::start(&service.database_url, &smtp.url(), &dir, "b"),
+    ];
+
+    // Once the burst is flowing, kill the worker holding the most leases.
+    let started = Instant::now();
+    while smtp.received().len() < 8 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the workers never started sending"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pool = sqlx::postgres::PgPool::connect(&service.database_url)
+        .await
+        .expect("connect");
+    let holding = |pid: u32| {
+        let pool = pool.clone();
+        async move {
+            let (n,): (i64,) = sqlx::query_as(
+                "SELECT COUNT(*) FROM messages WHERE status = 'sending' AND lease_owner LIKE $1",
+            )
+            .bind(format!("{pid}-%"))
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+            n
+        }
+    };
+    // Each hand-off takes the SMTP server 300 ms, so a lease seen here is
+    // still held when the kill lands a moment later.
+    let (doomed, a, b) = loop {
+        let (a, b) = (
+            holding(workers[0].pid()).await,
+            holding(workers[1].pid()).await,
+        );
+        if a.max(b) > 0 {
+            break (usize::from(b > a), a, b);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no worker ever held a lease"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    workers[doomed].kill();
+    let held = holding(workers[doomed].pid()).await;
+    assert!(
+        held > 0,
+        "the killed worker held leased messages when it died ({a}, {b})"
+    );
+
+    // The survivor takes over once the dead worker's leases expire.
+    let ids: Vec<String> = loop {
+        let (_, page) = service
+            .call(
+                Method::GET,
+                "/v1/messages?status=sent&limit=500",
+                Some(&key),
+                None,
+            )
+            .await;
+        let sent: Vec<String> = page["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter_map(|m| m["id"].as_str().map(str::to_owned))
+            .collect();
+        if sent.len() == BURST {
+            break sent;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "only {} of {BURST} sent; logs in {}",
+            sent.len(),
+            dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    let mut copies: HashMap<String, usize> = HashMap::new();
+    let received = smtp.received();
+    for (_, raw) in &received {
+        *copies.entry(message_id(raw)).or_default() += 1;
+    }
+    for id in &ids {
+        assert!(
+            copies.contains_key(&format!("<{id}@tidings>")),
+            "{id} never reached the SMTP server"
+        );
+    }
+    assert_eq!(
+        copies.len(),
+        BURST,
+        "nothing but the burst arrived: {copies:?}"
+    );
+    let duplicates = received.len() - BURST;
+    assert!(
+        duplicates as i64 <= held,
+        "only messages the dead worker held can arrive twice ({duplicates} duplicates, {held} held)"
+    );
+    eprintln!(
+        "{BURST} messages, {} received, {duplicates} duplicates (same Message-ID), {held} held by the killed worker",
+        received.len()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
