@@ -255,9 +255,21 @@ impl Pipeline {
         let merged = self
             .decide_all(row, &event, &tenant, &settings, now)
             .await?;
-        for (decision_id, action) in merged.actions {
-            self.apply(row, &event, &settings, &decision_id, &action, now)
-                .await?;
+        for (n, (decision_id, action)) in merged.actions.iter().enumerate() {
+            // Derived, so an event processed again after a crash finds the
+            // messages the first attempt scheduled instead of doubling them.
+            let message_id =
+                crate::store::derived_id("msg", row.received_at, &[decision_id, &n.to_string()]);
+            self.apply(
+                row,
+                &event,
+                &settings,
+                decision_id,
+                &message_id,
+                action,
+                now,
+            )
+            .await?;
         }
         self.store.finish_event(&row.id, "processed").await?;
         Ok(())
@@ -279,7 +291,24 @@ impl Pipeline {
         };
         let mut seen_dedupe = HashSet::new();
         for install in self.store.installs(&tenant.id).await? {
-            let plugin = self.plugin(&install.plugin_id).await?;
+            // One decision per event and installed plugin, whatever attempt.
+            let decision_id =
+                crate::store::derived_id("dec", row.received_at, &[&row.id, &install.plugin_id]);
+            let plugin = match self.plugin(&install.plugin_id).await {
+                Ok(plugin) => plugin,
+                Err(PipelineError::PluginUnavailable { id, message }) => {
+                    // A stored plugin that no longer loads is a fault of
+                    // that plugin: recorded, the fallback applies, and the
+                    // other plugins still decide.
+                    let reason = format!("plugin {id} could not be loaded: {message}");
+                    self.record_unavailable(row, &decision_id, &install.plugin_id, &reason)
+                        .await?;
+                    self.plugin_failed(row, settings, &decision_id, &reason)
+                        .await?;
+                    continue;
+                }
+                Err(other) => return Err(other),
+            };
             let config = serde_json::from_str(&install.config).unwrap_or(serde_json::Value::Null);
             let ctx = Context {
                 tenant: tenant.id.clone(),
@@ -292,8 +321,7 @@ impl Pipeline {
                 .runtime
                 .decide(&tenant.id, &plugin, event, &ctx, &settings.limits)
                 .await;
-            let decision_id = self
-                .record_decision(row, &install.plugin_id, &result)
+            self.record_decision(row, &decision_id, &install.plugin_id, &result)
                 .await?;
             match result {
                 Ok(Decision {
@@ -329,12 +357,59 @@ impl Pipeline {
         Ok(merged)
     }
 
+    /// Record that an installed plugin could not be loaded for `row`.
+    async fn record_unavailable(
+        &self,
+        row: &EventRow,
+        decision_id: &str,
+        plugin_id: &str,
+        reason: &str,
+    ) -> Result<(), PipelineError> {
+        let detail = json!({ "fault": { "kind": "unavailable", "message": reason } });
+        self.store
+            .insert_decision(
+                decision_id,
+                &row.tenant_id,
+                &row.id,
+                plugin_id,
+                plugin_id,
+                "",
+                "fault",
+                &detail.to_string(),
+                0,
+                0,
+            )
+            .await?;
+        self.metrics.inc(
+            "tidings_plugin_faults_total",
+            &[
+                ("tenant", &row.tenant_id),
+                ("plugin", plugin_id),
+                ("fault", "unavailable"),
+            ],
+        );
+        self.audit(
+            row,
+            None,
+            "decide",
+            "fault",
+            &format!("plugin:{plugin_id}"),
+            {
+                let mut d = detail;
+                d["decision_id"] = json!(decision_id);
+                d
+            },
+        )
+        .await
+    }
+
     async fn record_decision(
         &self,
         row: &EventRow,
+        id: &str,
         plugin_id: &str,
         result: &Result<Decision, DecideError>,
-    ) -> Result<String, PipelineError> {
+    ) -> Result<(), PipelineError> {
         let (plugin, usage, outcome, detail) = match result {
             Ok(d) => match &d.outcome {
                 Ok(actions) => (
@@ -359,9 +434,9 @@ impl Pipeline {
         };
         let fuel = i64::try_from(usage.fuel).unwrap_or(i64::MAX);
         let duration_us = i64::try_from(usage.wall_time_us).unwrap_or(i64::MAX);
-        let id = self
-            .store
+        self.store
             .insert_decision(
+                id,
                 &row.tenant_id,
                 &row.id,
                 plugin_id,
@@ -410,8 +485,7 @@ impl Pipeline {
             d["usage"] = json!(usage);
             d
         })
-        .await?;
-        Ok(id)
+        .await
     }
 
     async fn plugin_failed(
@@ -441,18 +515,20 @@ impl Pipeline {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn apply(
         &self,
         row: &EventRow,
         event: &OrderEvent,
         settings: &TenantSettings,
         decision_id: &str,
+        message_id: &str,
         action: &Action,
         now: Timestamp,
     ) -> Result<(), PipelineError> {
         match action {
             Action::Notify(notify) => {
-                self.schedule_notify(row, event, settings, decision_id, notify, now)
+                self.schedule_notify(row, event, settings, decision_id, message_id, notify, now)
                     .await
             }
             Action::HoldForApproval { notify, reason } => {
@@ -495,12 +571,14 @@ impl Pipeline {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn schedule_notify(
         &self,
         row: &EventRow,
         event: &OrderEvent,
         settings: &TenantSettings,
         decision_id: &str,
+        id: &str,
         notify: &Notify,
         now: Timestamp,
     ) -> Result<(), PipelineError> {
@@ -544,14 +622,28 @@ impl Pipeline {
             _ => Vec::new(),
         };
         let fallbacks = serde_json::to_string(&fallbacks).expect("channels serialise");
-        let id = self
+        if !self
             .store
-            .insert_message_with_fallbacks(&message, &fallbacks)
-            .await?;
+            .insert_message_as(id, &message, &fallbacks)
+            .await?
+        {
+            // Scheduled by an earlier attempt at this event.
+            return Ok(());
+        }
         let reason_code = match &verdict.outcome {
             Outcome::Suppress(r) | Outcome::Defer { reason: r, .. } => r.code(),
             Outcome::Send { .. } => "allowed",
         };
+        if status == "suppressed" {
+            self.metrics.inc(
+                "tidings_messages_total",
+                &[
+                    ("tenant", &row.tenant_id),
+                    ("channel", &message.channel),
+                    ("status", "suppressed"),
+                ],
+            );
+        }
         self.metrics.inc(
             "tidings_policy_verdicts_total",
             &[
@@ -566,7 +658,7 @@ impl Pipeline {
             "requested_channel": notify.channel,
             "send_at": at,
         });
-        self.audit(row, Some(&id), "policy", verdict_name, "system", detail)
+        self.audit(row, Some(id), "policy", verdict_name, "system", detail)
             .await
     }
 

@@ -219,6 +219,14 @@ pub async fn deliver(
         store
             .settle_message(m, "cancelled", Some(&reason), None, None)
             .await?;
+        pipeline.metrics.inc(
+            "tidings_messages_total",
+            &[
+                ("tenant", &m.tenant_id),
+                ("channel", &m.channel),
+                ("status", "cancelled"),
+            ],
+        );
         return audit(
             pipeline,
             m,

@@ -174,6 +174,16 @@ pub fn new_id(prefix: &str) -> String {
     format!("{prefix}_{:012x}{}", now_ms(), hex::encode(random))
 }
 
+/// An id derived from `parts` instead of drawn at random, ordered by `at_ms`
+/// like [`new_id`]: the same parts always give the same id, so work redone
+/// after a crash (an event processed again) finds what the first attempt
+/// stored instead of storing it twice.
+pub fn derived_id(prefix: &str, at_ms: i64, parts: &[&str]) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(parts.join("\u{1f}").as_bytes());
+    format!("{prefix}_{at_ms:012x}{}", hex::encode(&digest[..6]))
+}
+
 /// Now, in milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()

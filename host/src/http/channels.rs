@@ -215,6 +215,9 @@ async fn twilio_status(
         }
         None => false,
     };
+    if changed {
+        count(&state, &message, final_status.unwrap_or_default());
+    }
     let mut suppressed = false;
     if let Some(code) = error_code
         && SUPPRESSING_TWILIO_ERRORS.contains(&code)
@@ -347,6 +350,9 @@ async fn email_report(
             true => store.report_delivery(message, status, &detail).await?,
             false => false,
         };
+        if changed {
+            count(&state, message, status);
+        }
         audit_report(&state, message, status, json!({ "report": status, "changed": changed, "suppressed": suppress, "diagnostic": report.diagnostic })).await?;
     } else {
         store
@@ -367,6 +373,17 @@ async fn email_report(
         "status": status,
         "suppressed": suppress,
     })))
+}
+
+fn count(state: &AppState, m: &MessageRow, status: &str) {
+    state.pipeline.metrics.inc(
+        "tidings_messages_total",
+        &[
+            ("tenant", &m.tenant_id),
+            ("channel", &m.channel),
+            ("status", status),
+        ],
+    );
 }
 
 /// The customer's address the message went to.

@@ -204,6 +204,7 @@ impl Store {
     #[allow(clippy::too_many_arguments)]
     pub async fn insert_decision(
         &self,
+        id: &str,
         tenant_id: &str,
         event_id: &str,
         plugin_id: &str,
@@ -213,14 +214,14 @@ impl Store {
         detail: &str,
         fuel: i64,
         duration_us: i64,
-    ) -> Result<String, StoreError> {
-        let id = new_id("dec");
-        sqlx::query(
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
             "INSERT INTO decisions (id, tenant_id, event_id, plugin_id, plugin_name, plugin_version, outcome, detail,
                                     fuel, duration_us, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+             ON CONFLICT (id) DO NOTHING",
         )
-        .bind(&id)
+        .bind(id)
         .bind(tenant_id)
         .bind(event_id)
         .bind(plugin_id)
@@ -233,7 +234,7 @@ impl Store {
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
-        Ok(id)
+        Ok(done.rows_affected() > 0)
     }
 
     /// Create a message; returns its id.
@@ -249,14 +250,27 @@ impl Store {
         fallback_channels: &str,
     ) -> Result<String, StoreError> {
         let id = new_id("msg");
+        self.insert_message_as(&id, m, fallback_channels).await?;
+        Ok(id)
+    }
+
+    /// Create the message `id` unless it exists (a decision applied again
+    /// after a crash); returns whether it was created.
+    pub async fn insert_message_as(
+        &self,
+        id: &str,
+        m: &NewMessage<'_>,
+        fallback_channels: &str,
+    ) -> Result<bool, StoreError> {
         let now = now_ms();
-        sqlx::query(
+        let done = sqlx::query(
             "INSERT INTO messages (id, tenant_id, event_id, decision_id, order_id, customer_id, channel, template,
                                    locale, category, priority, dedupe_key, cancel_key, data, status, status_reason,
                                    send_at, attempts, recipient, created_at, updated_at, fallback_channels)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, 0, $18, $19, $19, $20)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, 0, $18, $19, $19, $20)
+             ON CONFLICT (id) DO NOTHING",
         )
-        .bind(&id)
+        .bind(id)
         .bind(m.tenant_id)
         .bind(m.event_id)
         .bind(m.decision_id)
@@ -278,7 +292,7 @@ impl Store {
         .bind(fallback_channels)
         .execute(&self.pool)
         .await?;
-        Ok(id)
+        Ok(done.rows_affected() > 0)
     }
 
     /// One message of a tenant.

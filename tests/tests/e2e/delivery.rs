@@ -33,6 +33,8 @@ on_both_backends!(
     a_transient_failure_is_retried_with_backoff_until_it_succeeds,
     exhausted_retries_become_a_dead_letter_that_can_be_replayed,
     a_permanent_failure_is_dead_at_once,
+    an_event_processed_again_after_a_crash_schedules_nothing_twice,
+    a_plugin_that_no_longer_loads_is_a_fault_and_the_other_plugins_still_decide,
 );
 
 async fn shop(service: &TestService, settings: Value) -> String {
@@ -194,4 +196,86 @@ async fn a_permanent_failure_is_dead_at_once(db: Db) {
         "{dead}"
     );
     assert_eq!(dead["attempts"].as_array().expect("attempts").len(), 1);
+}
+
+async fn an_event_processed_again_after_a_crash_schedules_nothing_twice(db: Db) {
+    let service = TestService::new(db).await;
+    let key = shop(&service, json!({})).await;
+    let mut e = fixture(EventKind::OrderCreated);
+    e.order.id = "ord_again".into();
+    service.post_event(&key, &e).await;
+    service.process_events().await;
+    let first = service.messages(&key, "ord_again").await;
+    assert!(!first.is_empty());
+
+    // The worker died after scheduling but before marking the event
+    // processed: its lease runs out and the event is taken again.
+    sqlx::query("UPDATE events SET status = 'received', lease_until = NULL")
+        .execute(service.state.pipeline.store.pool())
+        .await
+        .expect("reset");
+    service.process_events().await;
+    service.deliver().await;
+    let again = service.messages(&key, "ord_again").await;
+    let ids = |ms: &[Value]| ms.iter().map(|m| m["id"].clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&again), ids(&first), "the same messages, none added");
+    let (decisions,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM decisions")
+        .fetch_one(service.state.pipeline.store.pool())
+        .await
+        .expect("count");
+    assert_eq!(decisions, 1, "one decision per event and plugin");
+    let sent = std::fs::read_dir(&service.outbox).expect("outbox").count();
+    assert_eq!(sent, first.len());
+}
+
+async fn a_plugin_that_no_longer_loads_is_a_fault_and_the_other_plugins_still_decide(db: Db) {
+    let service = TestService::new(db).await;
+    let key = shop(&service, json!({})).await;
+    let broken = service
+        .install(&key, guests::VIP_CONCIERGE, json!({}))
+        .await;
+    // The stored component is damaged; a fresh process has not loaded it.
+    sqlx::query("UPDATE plugins SET component = $1 WHERE id = $2")
+        .bind(b"\0asm garbage".to_vec())
+        .bind(&broken)
+        .execute(service.state.pipeline.store.pool())
+        .await
+        .expect("damage");
+    let fresh = service.reopen().await;
+    let mut e = fixture(EventKind::OrderCreated);
+    e.order.id = "ord_unloadable".into();
+    fresh.post_event(&key, &e).await;
+    fresh.run_workers().await;
+
+    let (_, events) = fresh
+        .call(
+            Method::GET,
+            "/v1/events?order_id=ord_unloadable",
+            Some(&key),
+            None,
+        )
+        .await;
+    assert_eq!(events["items"][0]["status"], "processed", "{events}");
+    assert_eq!(
+        fresh.messages(&key, "ord_unloadable").await[0]["status"],
+        "sent",
+        "standard-lifecycle still decided"
+    );
+    let (_, tickets) = fresh
+        .call(
+            Method::GET,
+            "/v1/escalations?queue=plugin-faults",
+            Some(&key),
+            None,
+        )
+        .await;
+    let items = tickets["items"].as_array().expect("items");
+    assert_eq!(items.len(), 1, "{tickets}");
+    assert!(
+        items[0]["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("could not be loaded"),
+        "{tickets}"
+    );
 }
