@@ -183,6 +183,20 @@ impl Demo {
     pub fn run(&self) -> DemoResult<()> {
         let operator = Api::new(&self.base, &self.operator_key);
         println!("Tidings demo against {}\n", self.base);
+        // SMS quiet hours of three hours from the current hour in Rome and
+        // Prague, so the demo shows a deferral whatever time it is run.
+        let hour = jiff::Timestamp::now()
+            .in_tz("Europe/Rome")
+            .map_or(21, |now| now.hour());
+        let quiet = json!({
+            "start": format!("{hour:02}:00"),
+            "end": format!("{:02}:00", (hour + 3) % 24),
+        });
+        println!(
+            "The demo shop keeps SMS quiet from {} to {} (customers' local time), so SMS sent now is deferred.\n",
+            quiet["start"].as_str().unwrap_or_default(),
+            quiet["end"].as_str().unwrap_or_default()
+        );
 
         let tenant = operator.post(
             "/v1/tenants",
@@ -196,6 +210,7 @@ impl Demo {
                         "url": "https://bottega.example",
                         "support_email": "help@bottega.example"
                     },
+                    "policy": { "quiet_hours": { "sms": quiet, "whatsapp": quiet } },
                     "escalation": { "queues": { "vip-care": { "tiers": [
                         { "minutes": 30, "emails": ["care@bottega.example"] },
                         { "minutes": 60, "emails": ["manager@bottega.example"] }

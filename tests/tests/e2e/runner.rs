@@ -6,7 +6,7 @@ use std::process::{Command, Output};
 use tidings_tests::{fixtures_dir, guests};
 
 fn tidings(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tidings"))
+    Command::new(env!("CARGO_BIN_EXE_tidings-test-cli"))
         .args(args)
         .output()
         .expect("the tidings binary runs")

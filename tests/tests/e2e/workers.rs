@@ -24,7 +24,7 @@ struct Worker(Child);
 impl Worker {
     fn start(database_url: &str, smtp_url: &str, dir: &Path, name: &str) -> Self {
         let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        let child = Command::new(env!("CARGO_BIN_EXE_tidings-test-cli"))
             .args([
                 "serve",
                 "--role",
