@@ -507,3 +507,102 @@ async fn tls_failures_are_classified() {
     assert!(err.to_string().contains("STARTTLS"), "{err}");
     assert!(server.received().is_empty());
 }
+
+/// The whole service with `--smtp-url`: a lifecycle's email reaches the SMTP
+/// server DKIM-signed with the key the tenant set through the API; a relay
+/// that refuses the recipient makes the message `dead` with its reply; a
+/// relay that is down makes it wait for a retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_sends_through_the_relay_signed_with_the_tenants_dkim_key() {
+    use axum::http::{Method, StatusCode};
+    use serde_json::json;
+    use tidings_sdk::testing::fixture;
+    use tidings_sdk::types::EventKind;
+    use tidings_tests::service::{Db, TestService};
+
+    let server = SmtpServer::start("accept");
+    let keys = scratch_dir("service-keys");
+    let (private_key, public_key) = rsa_key(&keys, false);
+    let mut service = TestService::new(Db::Sqlite).await;
+    service.delivery.smtp_url = Some(server.url());
+    let (_, key) = service
+        .tenant(
+            "Shop",
+            json!({ "email": { "from": "Bottega <orders@shop.example>" } }),
+        )
+        .await;
+    service
+        .install(&key, tidings_tests::guests::STANDARD_LIFECYCLE, json!({}))
+        .await;
+    service.default_templates(&key).await;
+    let (status, body) = service
+        .call(
+            Method::PUT,
+            "/v1/channels/email",
+            Some(&key),
+            Some(json!({ "dkim": { "domain": "shop.example", "selector": "sel2026", "private_key": private_key } })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(!body.to_string().contains("PRIVATE KEY"), "{body}");
+
+    let mut e = fixture(EventKind::OrderCreated);
+    e.order.id = "ord_relay".into();
+    service.post_event(&key, &e).await;
+    service.run_workers().await;
+    let messages = service.messages(&key, "ord_relay").await;
+    assert_eq!(messages[0]["status"], "sent", "{messages:?}");
+    let received = server.received();
+    assert_eq!(received.len(), 1);
+    let (envelope, raw) = &received[0];
+    assert_eq!(envelope["rcpt_tos"], json!([e.order.customer.email]));
+    let email = inspect(raw);
+    assert_eq!(
+        email["headers"]["message-id"],
+        json!(format!(
+            "<{}@tidings>",
+            messages[0]["id"].as_str().expect("id")
+        ))
+    );
+    assert!(email["parts"]["text/html"].is_string(), "{email}");
+    assert!(
+        dkim_verifies(&keys, raw, &public_key),
+        "the tenant's DKIM signature verifies"
+    );
+
+    // A relay that refuses the recipient: dead, with the relay's words.
+    let rejecting = SmtpServer::start("reject");
+    service.delivery.smtp_url = Some(rejecting.url());
+    let mut e = fixture(EventKind::OrderCreated);
+    e.order.id = "ord_rejected".into();
+    e.id = "evt_ord_rejected".into();
+    service.post_event(&key, &e).await;
+    service.run_workers().await;
+    let dead = &service.messages(&key, "ord_rejected").await[0];
+    assert_eq!(dead["status"], "dead", "{dead}");
+    assert!(
+        dead["status_reason"]
+            .as_str()
+            .expect("reason")
+            .contains("550"),
+        "{dead}"
+    );
+
+    // A relay that is down: retried later.
+    drop(rejecting);
+    let mut e = fixture(EventKind::OrderCreated);
+    e.order.id = "ord_down".into();
+    e.id = "evt_ord_down".into();
+    service.post_event(&key, &e).await;
+    service.run_workers().await;
+    let waiting = &service.messages(&key, "ord_down").await[0];
+    assert_eq!(waiting["status"], "scheduled", "{waiting}");
+    assert!(
+        waiting["status_reason"]
+            .as_str()
+            .expect("reason")
+            .starts_with("retrying after"),
+        "{waiting}"
+    );
+    let _ = std::fs::remove_dir_all(&keys);
+}
