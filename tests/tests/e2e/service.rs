@@ -563,9 +563,21 @@ async fn a_plugin_fault_escalates_and_keeps_the_event(db: Db) {
 
 async fn quiet_hours_defer_instead_of_dropping(db: Db) {
     let service = TestService::new(db).await;
-    // Quiet hours around the clock for email make every email wait.
-    let settings =
-        json!({ "policy": { "quiet_hours": { "email": { "start": "00:00", "end": "23:59" } } } });
+    // Email quiet for two hours from the current hour in Rome (the
+    // customer's timezone): the confirmation waits for the window's end.
+    let now_rome = jiff::Timestamp::now()
+        .in_tz("Europe/Rome")
+        .expect("a known timezone");
+    let hour = i64::from(now_rome.hour());
+    let window_end = now_rome
+        .start_of_day()
+        .expect("a day")
+        .timestamp()
+        .checked_add(jiff::SignedDuration::from_hours(hour + 2))
+        .expect("in range");
+    let quiet =
+        json!({ "start": format!("{hour:02}:00"), "end": format!("{:02}:00", (hour + 2) % 24) });
+    let settings = json!({ "policy": { "quiet_hours": { "email": quiet } } });
     let (_, key) = service.tenant("Night shop", settings).await;
     service
         .install(&key, guests::STANDARD_LIFECYCLE, json!({}))
@@ -587,7 +599,7 @@ async fn quiet_hours_defer_instead_of_dropping(db: Db) {
         .expect("send_at")
         .parse()
         .expect("time");
-    assert!(send_at > jiff::Timestamp::now());
+    assert_eq!(send_at, window_end, "deferred to the end of the window");
 }
 
 async fn a_cancel_recorded_before_a_late_message_still_cancels_it(db: Db) {
