@@ -7,6 +7,7 @@ mod hostile;
 mod humans;
 mod logs;
 mod plugins;
+mod policy;
 mod providers;
 mod runner;
 mod service;
