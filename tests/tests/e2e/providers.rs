@@ -49,6 +49,7 @@ on_both_backends!(
     a_hard_bounce_suppresses_the_address,
     bounce_callbacks_are_authenticated_and_validated,
     channel_settings_are_checked_and_secrets_never_read_back,
+    a_hanging_endpoint_of_one_tenant_does_not_hold_up_another,
 );
 
 const TOKEN: &str = "tw_auth_token_0123456789";
@@ -849,4 +850,68 @@ async fn channel_settings_are_checked_and_secrets_never_read_back(db: Db) {
         .call(Method::DELETE, "/v1/channels/sms", Some(&key), None)
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
+}
+
+async fn a_hanging_endpoint_of_one_tenant_does_not_hold_up_another(db: Db) {
+    let endpoint = FakeHttp::start().await;
+    endpoint.reply(Reply {
+        delay: Duration::from_secs(20),
+        ..Reply::new(200, json!({}))
+    });
+    let mut service = TestService::new(db).await;
+    service.delivery.http_timeout = Duration::from_secs(15);
+    let (_, slow) = shop(&service, "webhook", &[]).await;
+    configure(
+        &service,
+        &slow,
+        "webhook",
+        json!({ "url": format!("{}/hang", endpoint.url()), "secret": WEBHOOK_SECRET }),
+    )
+    .await;
+    let (_, quick) = shop(&service, "email", &[]).await;
+
+    // The real message worker, as `tidings serve` runs it.
+    let pipeline = service.state.pipeline.clone();
+    let transport: std::sync::Arc<dyn tidings_host::dispatch::Transport> = std::sync::Arc::new(
+        service
+            .delivery
+            .dispatcher(&service.outbox)
+            .expect("dispatcher"),
+    );
+    let worker = tokio::spawn(tidings_host::schedule::run_message_worker(
+        pipeline,
+        transport,
+        service.state.wake.clone(),
+        "test-worker".into(),
+    ));
+    service.post_event(&slow, &order("ord_slow")).await;
+    service.process_events().await;
+    let started = std::time::Instant::now();
+    while endpoint.received().is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the webhook was never called"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Tenant A's request is hanging now; tenant B's email goes out anyway.
+    service.post_event(&quick, &order("ord_quick")).await;
+    service.process_events().await;
+    loop {
+        let quick_status = only_message(&service, &quick, "ord_quick").await["status"].clone();
+        if quick_status == "sent" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the email waited for the hanging webhook"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        only_message(&service, &slow, "ord_slow").await["status"],
+        "sending",
+        "the webhook is still in flight"
+    );
+    worker.abort();
 }
