@@ -9,7 +9,7 @@ LIFECYCLE := order_created order_paid order_preparing shipment_created \
 	backordered items_cancelled order_cancelled
 PLUGIN := target/wasm32-wasip2/plugin/standard_lifecycle.wasm
 
-.PHONY: run test lint plugins target postgres python-deps check-plugin
+.PHONY: run test lint plugins target postgres python-deps check-plugin load bench extism-guest
 
 target:
 	rustup target add wasm32-wasip2
@@ -50,3 +50,22 @@ test: target postgres python-deps
 lint:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
+
+## End-to-end throughput, ingest latency and tenant density of the release
+## binary (SQLite and PostgreSQL, file and SMTP transports); prints the
+## tables and writes them into BENCHMARKS.md. Takes several minutes.
+load: plugins postgres python-deps
+	cargo build --release -p tidings-host
+	cargo run --release -p tidings-load -- all --write BENCHMARKS.md
+
+## standard-lifecycle as an Extism plugin, for the decision-cost bench. Its own
+## workspace (never built by `cargo test --workspace`) and target directory.
+extism-guest:
+	rustup target add wasm32-unknown-unknown
+	cargo build --manifest-path tests/guests/extism-rule/Cargo.toml \
+		--target wasm32-unknown-unknown --release --target-dir target/extism
+
+## Decision cost: the same rule natively, in Tidings, in a naive wasmtime host
+## and in Extism, side by side in one run; prints a markdown table.
+bench: plugins extism-guest
+	cargo bench -p tidings-bench

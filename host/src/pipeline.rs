@@ -256,10 +256,11 @@ impl Pipeline {
             .decide_all(row, &event, &tenant, &settings, now)
             .await?;
         for (n, (decision_id, action)) in merged.actions.iter().enumerate() {
-            // Derived, so an event processed again after a crash finds the
-            // messages the first attempt scheduled instead of doubling them.
-            let message_id =
-                crate::store::derived_id("msg", row.received_at, &[decision_id, &n.to_string()]);
+            // Derived from the event and the action's place in the merged
+            // decision, so an event processed again after a crash finds the
+            // messages the first attempt scheduled instead of doubling them;
+            // ids sort like the events they came from.
+            let message_id = format!("msg_{}{n:04x}", row.id.trim_start_matches("evt_"));
             self.apply(
                 row,
                 &event,

@@ -17,7 +17,10 @@ mod messages;
 mod plugins;
 mod tenants;
 
+use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rand::RngExt;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -65,6 +68,9 @@ pub enum StoreError {
     /// Any other database error.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// Flushing committed transactions to disk failed.
+    #[error("syncing the database to disk failed: {0}")]
+    Sync(std::io::Error),
 }
 
 impl StoreError {
@@ -83,6 +89,76 @@ impl StoreError {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// SQLite files: the group commit of the write-ahead log.
+    wal: Option<Arc<WalSync>>,
+    /// SQLite: writers take turns here rather than in SQLite's busy
+    /// handler, which sleeps 1, 2, 5, 10 … ms between tries.
+    writer: Option<Arc<tokio::sync::Mutex<()>>>,
+}
+
+/// A turn to write (SQLite), released before the flush.
+type WriteTurn = Option<tokio::sync::OwnedMutexGuard<()>>;
+
+/// Group commit for SQLite. Connections commit with `synchronous = NORMAL`
+/// — into the write-ahead log, in order, without waiting for the disk — and
+/// every store method that writes calls [`Store::durable`] before it
+/// returns: one `fdatasync` of the log makes every commit that finished
+/// before it durable, so concurrent writers share one flush instead of
+/// taking one each while holding SQLite's write lock. What a method has
+/// written is on disk when it returns, as with `synchronous = FULL`
+/// (checkpoints sync the log before and the database file after, so a
+/// commit already moved out of the log is durable too).
+#[derive(Debug)]
+struct WalSync {
+    /// The database file's `-wal` log.
+    path: PathBuf,
+    /// Commits asking to be durable so far.
+    requested: AtomicU64,
+    /// All requests up to this one are durable.
+    synced: AtomicU64,
+    /// One flush at a time; holds the log's inode last flushed (a new log
+    /// file also needs its directory entry flushed).
+    flushing: tokio::sync::Mutex<Option<u64>>,
+}
+
+impl WalSync {
+    async fn wait(&self) -> Result<(), StoreError> {
+        let ticket = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut inode = self.flushing.lock().await;
+        if self.synced.load(Ordering::SeqCst) >= ticket {
+            // A flush that began after this commit has finished.
+            return Ok(());
+        }
+        let upto = self.requested.load(Ordering::SeqCst);
+        let (path, known) = (self.path.clone(), *inode);
+        let flushed = tokio::task::spawn_blocking(move || flush_log(&path, known))
+            .await
+            .map_err(|e| StoreError::Sync(std::io::Error::other(e.to_string())))?
+            .map_err(StoreError::Sync)?;
+        *inode = flushed;
+        self.synced.store(upto, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// `fdatasync` the log at `path` (and its directory when the file is new to
+/// us); returns its inode. No log: nothing is waiting in one (the last
+/// connection to close checkpoints it into the synced database file).
+fn flush_log(path: &std::path::Path, known: Option<u64>) -> std::io::Result<Option<u64>> {
+    use std::os::unix::fs::MetadataExt;
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    file.sync_data()?;
+    let inode = file.metadata()?.ino();
+    if known != Some(inode)
+        && let Some(dir) = path.parent()
+    {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(Some(inode))
 }
 
 impl Store {
@@ -97,6 +173,7 @@ impl Store {
         } else {
             return Err(StoreError::UnsupportedUrl(url.to_owned()));
         };
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         let pool = match backend {
             Backend::Sqlite => {
                 let url = if url.contains('?') || url.contains(":memory:") {
@@ -107,12 +184,18 @@ impl Store {
                 let options = AnyConnectOptions::from_str(&url)?.disable_statement_logging();
                 AnyPoolOptions::new()
                     .max_connections(8)
-                    .after_connect(|conn, _| {
+                    .after_connect(move |conn, _| {
                         Box::pin(async move {
-                            // WAL lets readers proceed during a write; FULL makes a
-                            // committed event survive power loss, not just a crash.
+                            // WAL lets readers proceed during a write. A commit
+                            // must survive power loss, not just a crash: FULL, or
+                            // NORMAL with the group commit of `WalSync` for files.
                             conn.execute("PRAGMA journal_mode = WAL").await?;
-                            conn.execute("PRAGMA synchronous = FULL").await?;
+                            conn.execute(if in_memory {
+                                "PRAGMA synchronous = FULL"
+                            } else {
+                                "PRAGMA synchronous = NORMAL"
+                            })
+                            .await?;
                             conn.execute("PRAGMA busy_timeout = 5000").await?;
                             conn.execute("PRAGMA foreign_keys = ON").await?;
                             Ok(())
@@ -129,9 +212,57 @@ impl Store {
                     .await?
             }
         };
-        let store = Self { pool, backend };
+        let wal = match backend {
+            Backend::Sqlite if !in_memory => {
+                let (file,): (String,) =
+                    sqlx::query_as("SELECT file FROM pragma_database_list WHERE name = 'main'")
+                        .fetch_one(&pool)
+                        .await?;
+                if file.is_empty() {
+                    return Err(StoreError::UnsupportedUrl(url.to_owned()));
+                }
+                Some(Arc::new(WalSync {
+                    path: PathBuf::from(format!("{file}-wal")),
+                    requested: AtomicU64::new(0),
+                    synced: AtomicU64::new(0),
+                    flushing: tokio::sync::Mutex::new(None),
+                }))
+            }
+            _ => None,
+        };
+        let writer = match backend {
+            Backend::Sqlite => Some(Arc::new(tokio::sync::Mutex::new(()))),
+            Backend::Postgres => None,
+        };
+        let store = Self {
+            pool,
+            backend,
+            wal,
+            writer,
+        };
         store.migrate().await?;
+        store.durable(None).await?;
         Ok(store)
+    }
+
+    /// Wait for this process's turn to write (SQLite); every method that
+    /// writes takes one first and gives it to [`Store::durable`].
+    async fn writing(&self) -> WriteTurn {
+        match &self.writer {
+            Some(writer) => Some(writer.clone().lock_owned().await),
+            None => None,
+        }
+    }
+
+    /// End the write `turn`, then make every commit this process finished
+    /// so far durable (SQLite files; PostgreSQL commits are durable
+    /// already). Every method that writes calls it before returning.
+    async fn durable(&self, turn: WriteTurn) -> Result<(), StoreError> {
+        drop(turn);
+        match &self.wal {
+            Some(wal) => wal.wait().await,
+            None => Ok(()),
+        }
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {

@@ -24,10 +24,20 @@ use crate::bindings::{self, LogLevel};
 
 /// What lives in a decision's `Store`.
 pub struct SandboxState {
-    wasi: WasiCtx,
+    /// Built on the guest's first WASI call: most decisions make none, and
+    /// building a context (boxed clocks, random sources, streams) is a
+    /// measurable part of a decision.
+    wasi: Option<WasiCtx>,
+    virtual_wasi: VirtualWasi,
     table: ResourceTable,
     pub(super) memory: MemoryMeter,
     pub(super) log: PluginLog,
+}
+
+/// What the virtual WASI of one decision is made of.
+struct VirtualWasi {
+    now_ms: i64,
+    seed: String,
 }
 
 impl SandboxState {
@@ -35,12 +45,26 @@ impl SandboxState {
     /// is derived from `seed`, memory is limited to `memory_bytes` and the log
     /// to `log_bytes`.
     pub fn new(now_ms: i64, seed: &str, memory_bytes: usize, log_bytes: usize) -> Self {
-        let log = PluginLog::new(log_bytes);
-        let digest: [u8; 32] = Sha256::digest(seed.as_bytes()).into();
+        Self {
+            wasi: None,
+            virtual_wasi: VirtualWasi {
+                now_ms,
+                seed: seed.to_owned(),
+            },
+            table: ResourceTable::new(),
+            memory: MemoryMeter::new(memory_bytes),
+            log: PluginLog::new(log_bytes),
+        }
+    }
+}
+
+impl VirtualWasi {
+    fn build(&self, log: &PluginLog) -> WasiCtx {
+        let digest: [u8; 32] = Sha256::digest(self.seed.as_bytes()).into();
         let mut insecure_seed = [0u8; 16];
         insecure_seed.copy_from_slice(&digest[..16]);
         let mut wasi = WasiCtxBuilder::new();
-        wasi.wall_clock(FixedWallClock(now_ms))
+        wasi.wall_clock(FixedWallClock(self.now_ms))
             .secure_random(wasmtime_wasi::Deterministic::new(digest.to_vec()))
             .insecure_random(wasmtime_wasi::Deterministic::new(
                 digest.iter().rev().copied().collect(),
@@ -59,20 +83,22 @@ impl SandboxState {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .socket_addr_check(|_, _| Box::pin(async { false }));
-        Self {
-            wasi: wasi.build(),
-            table: ResourceTable::new(),
-            memory: MemoryMeter::new(memory_bytes),
-            log,
-        }
+        wasi.build()
     }
 }
 
 impl WasiView for SandboxState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
+        let Self {
+            wasi,
+            virtual_wasi,
+            table,
+            log,
+            ..
+        } = self;
         WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
+            ctx: wasi.get_or_insert_with(|| virtual_wasi.build(log)),
+            table,
         }
     }
 }

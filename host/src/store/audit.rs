@@ -51,6 +51,7 @@ pub struct AuditRow {
 impl Store {
     /// Append an entry.
     pub async fn audit(&self, e: AuditEntry<'_>) -> Result<(), StoreError> {
+        let turn = self.writing().await;
         sqlx::query(
             "INSERT INTO audit_log (tenant_id, order_id, event_id, message_id, stage, action, actor, detail, at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -66,6 +67,7 @@ impl Store {
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
+        self.durable(turn).await?;
         Ok(())
     }
 

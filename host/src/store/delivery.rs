@@ -13,6 +13,7 @@ impl Store {
         reason: &str,
         rendered: Option<&str>,
     ) -> Result<(), StoreError> {
+        let turn = self.writing().await;
         let now = now_ms();
         let attempt = m.attempts + 1;
         let mut tx = self.pool.begin().await?;
@@ -42,6 +43,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.durable(turn).await?;
         Ok(())
     }
 }
@@ -68,6 +70,7 @@ impl Store {
         channel: &str,
         config: &str,
     ) -> Result<(), StoreError> {
+        let turn = self.writing().await;
         sqlx::query(
             "INSERT INTO channel_settings (tenant_id, channel, config, updated_at) VALUES ($1, $2, $3, $4)
              ON CONFLICT (tenant_id, channel) DO UPDATE SET config = excluded.config, updated_at = excluded.updated_at",
@@ -78,6 +81,7 @@ impl Store {
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
+        self.durable(turn).await?;
         Ok(())
     }
 
@@ -87,12 +91,14 @@ impl Store {
         tenant_id: &str,
         channel: &str,
     ) -> Result<bool, StoreError> {
+        let turn = self.writing().await;
         let done =
             sqlx::query("DELETE FROM channel_settings WHERE tenant_id = $1 AND channel = $2")
                 .bind(tenant_id)
                 .bind(channel)
                 .execute(&self.pool)
                 .await?;
+        self.durable(turn).await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -108,6 +114,7 @@ impl Store {
         at: i64,
         reason: &str,
     ) -> Result<(), StoreError> {
+        let turn = self.writing().await;
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         sqlx::query(
@@ -137,6 +144,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.durable(turn).await?;
         Ok(())
     }
 
@@ -146,11 +154,13 @@ impl Store {
         message_id: &str,
         provider_id: &str,
     ) -> Result<(), StoreError> {
+        let turn = self.writing().await;
         sqlx::query("UPDATE messages SET provider_id = $1 WHERE id = $2")
             .bind(provider_id)
             .bind(message_id)
             .execute(&self.pool)
             .await?;
+        self.durable(turn).await?;
         Ok(())
     }
 
@@ -182,6 +192,7 @@ impl Store {
         status: &str,
         detail: &str,
     ) -> Result<bool, StoreError> {
+        let turn = self.writing().await;
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         let changed = sqlx::query(
@@ -210,6 +221,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.durable(turn).await?;
         Ok(changed)
     }
 }
@@ -217,6 +229,7 @@ impl Store {
 impl Store {
     /// Give a leased message back untouched, due again at `at` (ms).
     pub async fn release_message(&self, message_id: &str, at: i64) -> Result<(), StoreError> {
+        let turn = self.writing().await;
         sqlx::query(
             "UPDATE messages SET status = 'scheduled', send_at = $1, lease_owner = NULL, lease_until = NULL
              WHERE id = $2 AND status = 'sending'",
@@ -225,6 +238,7 @@ impl Store {
         .bind(message_id)
         .execute(&self.pool)
         .await?;
+        self.durable(turn).await?;
         Ok(())
     }
 }

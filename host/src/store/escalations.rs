@@ -91,6 +91,7 @@ impl Store {
         id: &str,
         notices: &[NewMessage<'_>],
     ) -> Result<(String, bool, Vec<String>), StoreError> {
+        let turn = self.writing().await;
         const RANK: &str = "CASE {} WHEN 'low' THEN 0 WHEN 'normal' THEN 1 WHEN 'high' THEN 2 WHEN 'urgent' THEN 3 ELSE 1 END";
         let query = format!(
             "INSERT INTO escalations (id, tenant_id, order_id, event_id, decision_id, queue, priority, reason,
@@ -131,6 +132,7 @@ impl Store {
             }
         }
         tx.commit().await?;
+        self.durable(turn).await?;
         Ok((ticket, new, ids))
     }
 
@@ -145,6 +147,7 @@ impl Store {
         lease_until: i64,
         limit: i64,
     ) -> Result<Vec<EscalationRow>, StoreError> {
+        let turn = self.writing().await;
         let query = format!(
             "UPDATE escalations SET lease_until = $1
              WHERE id IN (SELECT id FROM escalations
@@ -156,12 +159,14 @@ impl Store {
              RETURNING *",
             self.skip_locked()
         );
-        Ok(sqlx::query_as(&query)
+        let rows = sqlx::query_as(&query)
             .bind(lease_until)
             .bind(now)
             .bind(limit)
             .fetch_all(&self.pool)
-            .await?)
+            .await?;
+        self.durable(turn).await?;
+        Ok(rows)
     }
 
     /// Move `ticket`, claimed until `lease_until`, to the state in `next`
@@ -199,6 +204,7 @@ impl Store {
         message_id: &str,
         reason: &str,
     ) -> Result<Option<bool>, StoreError> {
+        let turn = self.writing().await;
         let next = EscalationRow {
             status: "resolved".to_owned(),
             next_at: None,
@@ -221,6 +227,7 @@ impl Store {
         .await?
         .rows_affected();
         tx.commit().await?;
+        self.durable(turn).await?;
         Ok(Some(rejected == 1))
     }
 
@@ -249,6 +256,7 @@ impl Store {
         id: &str,
         status: &str,
     ) -> Result<bool, StoreError> {
+        let turn = self.writing().await;
         let done = sqlx::query(
             "UPDATE escalations SET status = $1, next_at = NULL, updated_at = $2
              WHERE tenant_id = $3 AND id = $4 AND status <> 'resolved'",
@@ -260,6 +268,7 @@ impl Store {
         .execute(&self.pool)
         .await?
         .rows_affected();
+        self.durable(turn).await?;
         Ok(done == 1)
     }
 
@@ -271,6 +280,7 @@ impl Store {
         author: &str,
         body: &str,
     ) -> Result<NoteRow, StoreError> {
+        let turn = self.writing().await;
         let note = NoteRow {
             id: new_id("not"),
             author: author.to_owned(),
@@ -288,6 +298,7 @@ impl Store {
         .bind(note.at)
         .execute(&self.pool)
         .await?;
+        self.durable(turn).await?;
         Ok(note)
     }
 
@@ -301,12 +312,14 @@ impl Store {
 
     /// Store the rendering of a held message.
     pub async fn set_rendered(&self, id: &str, rendered: &str) -> Result<(), StoreError> {
+        let turn = self.writing().await;
         sqlx::query("UPDATE messages SET rendered = $1, updated_at = $2 WHERE id = $3")
             .bind(rendered)
             .bind(now_ms())
             .bind(id)
             .execute(&self.pool)
             .await?;
+        self.durable(turn).await?;
         Ok(())
     }
 
@@ -320,6 +333,7 @@ impl Store {
         approved_by: &str,
         now: i64,
     ) -> Result<bool, StoreError> {
+        let turn = self.writing().await;
         let done = sqlx::query(
             "UPDATE messages SET status = 'scheduled', status_reason = $1, rendered = $2, approved_by = $3, send_at = $4,
                                  updated_at = $5
@@ -335,6 +349,7 @@ impl Store {
         .execute(&self.pool)
         .await?
         .rows_affected();
+        self.durable(turn).await?;
         Ok(done == 1)
     }
 
@@ -346,6 +361,7 @@ impl Store {
         id: &str,
         reason: &str,
     ) -> Result<bool, StoreError> {
+        let turn = self.writing().await;
         let done = sqlx::query(
             "UPDATE messages SET status = 'rejected', status_reason = $1, updated_at = $2
              WHERE tenant_id = $3 AND id = $4 AND status = 'held'",
@@ -357,6 +373,7 @@ impl Store {
         .execute(&self.pool)
         .await?
         .rows_affected();
+        self.durable(turn).await?;
         Ok(done == 1)
     }
 }
@@ -435,6 +452,7 @@ impl Store {
         until: i64,
         reason: &str,
     ) -> Result<(), StoreError> {
+        let turn = self.writing().await;
         sqlx::query(
             "UPDATE messages SET status = 'scheduled', send_at = $1, status_reason = $2, lease_owner = NULL,
                                  lease_until = NULL, updated_at = $3
@@ -446,6 +464,7 @@ impl Store {
         .bind(id)
         .execute(&self.pool)
         .await?;
+        self.durable(turn).await?;
         Ok(())
     }
 }

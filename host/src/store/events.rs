@@ -55,6 +55,7 @@ impl Store {
     /// Store an event unless one with the same idempotency key exists.
     /// Returns the stored event and whether it was new.
     pub async fn insert_event(&self, new: &NewEvent<'_>) -> Result<(EventRow, bool), StoreError> {
+        let turn = self.writing().await;
         let id = new_id("evt");
         let inserted = sqlx::query(
             "INSERT INTO events (id, tenant_id, external_id, idempotency_key, order_id, kind, occurred_at,
@@ -82,6 +83,7 @@ impl Store {
         .bind(new.idempotency_key)
         .fetch_one(&self.pool)
         .await?;
+        self.durable(turn).await?;
         Ok((row, inserted))
     }
 
@@ -92,6 +94,7 @@ impl Store {
         limit: i64,
         lease_ms: i64,
     ) -> Result<Vec<EventRow>, StoreError> {
+        let turn = self.writing().await;
         let now = now_ms();
         let query = format!(
             "UPDATE events SET lease_until = $1
@@ -108,16 +111,19 @@ impl Store {
             .fetch_all(&self.pool)
             .await?;
         rows.sort_by(|a, b| (a.received_at, &a.id).cmp(&(b.received_at, &b.id)));
+        self.durable(turn).await?;
         Ok(rows)
     }
 
     /// Mark an event processed (or failed) and release its lease.
     pub async fn finish_event(&self, id: &str, status: &str) -> Result<(), StoreError> {
+        let turn = self.writing().await;
         sqlx::query("UPDATE events SET status = $1, lease_until = NULL WHERE id = $2")
             .bind(status)
             .bind(id)
             .execute(&self.pool)
             .await?;
+        self.durable(turn).await?;
         Ok(())
     }
 

@@ -48,6 +48,7 @@ const PENDING_COLUMNS: &str = "id, order_id, dedupe_key, topic, headers, body, r
 /// [`PlatformTx::commit`], nothing of it is stored.
 pub struct PlatformTx {
     tx: Transaction<'static, Any>,
+    store: Store,
     tenant_id: String,
     platform: String,
 }
@@ -95,6 +96,7 @@ impl Store {
         };
         Ok(PlatformTx {
             tx,
+            store: self.clone(),
             tenant_id: tenant_id.to_owned(),
             platform: platform.to_owned(),
         })
@@ -107,6 +109,7 @@ impl Store {
         platform: &str,
         secret: &str,
     ) -> Result<(), StoreError> {
+        let turn = self.writing().await;
         sqlx::query(
             "INSERT INTO integrations (tenant_id, platform, secret, updated_at) VALUES ($1, $2, $3, $4)
              ON CONFLICT (tenant_id, platform) DO UPDATE SET secret = excluded.secret, updated_at = excluded.updated_at",
@@ -117,6 +120,7 @@ impl Store {
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
+        self.durable(turn).await?;
         Ok(())
     }
 
@@ -361,6 +365,7 @@ impl PlatformTx {
     /// Store everything done in this transaction.
     pub async fn commit(self) -> Result<(), StoreError> {
         self.tx.commit().await?;
+        self.store.durable(None).await?;
         Ok(())
     }
 }

@@ -215,6 +215,7 @@ impl Store {
         fuel: i64,
         duration_us: i64,
     ) -> Result<bool, StoreError> {
+        let turn = self.writing().await;
         let done = sqlx::query(
             "INSERT INTO decisions (id, tenant_id, event_id, plugin_id, plugin_name, plugin_version, outcome, detail,
                                     fuel, duration_us, created_at)
@@ -234,6 +235,7 @@ impl Store {
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
+        self.durable(turn).await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -262,6 +264,7 @@ impl Store {
         m: &NewMessage<'_>,
         fallback_channels: &str,
     ) -> Result<bool, StoreError> {
+        let turn = self.writing().await;
         let now = now_ms();
         let done = sqlx::query(
             "INSERT INTO messages (id, tenant_id, event_id, decision_id, order_id, customer_id, channel, template,
@@ -292,6 +295,7 @@ impl Store {
         .bind(fallback_channels)
         .execute(&self.pool)
         .await?;
+        self.durable(turn).await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -396,6 +400,7 @@ impl Store {
         limit: i64,
         lease_ms: i64,
     ) -> Result<Vec<MessageRow>, StoreError> {
+        let turn = self.writing().await;
         let query = format!(
             "UPDATE messages SET status = 'sending', lease_owner = $1, lease_until = $2, updated_at = $3
              WHERE id IN (SELECT id FROM messages
@@ -405,13 +410,15 @@ impl Store {
              RETURNING {MESSAGE_COLUMNS}",
             self.skip_locked()
         );
-        Ok(sqlx::query_as(&query)
+        let rows = sqlx::query_as(&query)
             .bind(owner)
             .bind(now + lease_ms)
             .bind(now)
             .bind(limit)
             .fetch_all(&self.pool)
-            .await?)
+            .await?;
+        self.durable(turn).await?;
+        Ok(rows)
     }
 
     /// Settle a leased message: its new status, reason and rendering, and the
@@ -424,6 +431,7 @@ impl Store {
         rendered: Option<&str>,
         attempt: Option<(&str, &str)>,
     ) -> Result<(), StoreError> {
+        let turn = self.writing().await;
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         let attempts = m.attempts + i64::from(attempt.is_some());
@@ -456,6 +464,7 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
+        self.durable(turn).await?;
         Ok(())
     }
 
@@ -477,6 +486,7 @@ impl Store {
         cancel_key: &str,
         event_id: &str,
     ) -> Result<Vec<String>, StoreError> {
+        let turn = self.writing().await;
         let now = now_ms();
         sqlx::query(
             "INSERT INTO cancel_keys (tenant_id, cancel_key, event_id, cancelled_at) VALUES ($1, $2, $3, $4)
@@ -499,6 +509,7 @@ impl Store {
         .bind(cancel_key)
         .fetch_all(&self.pool)
         .await?;
+        self.durable(turn).await?;
         Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 
@@ -549,6 +560,7 @@ impl Store {
         address: &str,
         reason: &str,
     ) -> Result<(), StoreError> {
+        let turn = self.writing().await;
         sqlx::query(
             "INSERT INTO suppressions (tenant_id, channel, address, reason, created_at) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (tenant_id, channel, address) DO UPDATE SET reason = excluded.reason",
@@ -560,6 +572,7 @@ impl Store {
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
+        self.durable(turn).await?;
         Ok(())
     }
 
@@ -626,6 +639,7 @@ impl Store {
 impl Store {
     /// Put a failed message back in the queue, due now.
     pub async fn reschedule(&self, id: &str) -> Result<(), StoreError> {
+        let turn = self.writing().await;
         let now = now_ms();
         sqlx::query(
             "UPDATE messages SET status = 'scheduled', status_reason = 'retry requested', send_at = $1, updated_at = $1,
@@ -636,6 +650,7 @@ impl Store {
         .bind(id)
         .execute(&self.pool)
         .await?;
+        self.durable(turn).await?;
         Ok(())
     }
 }

@@ -61,6 +61,7 @@ impl Store {
         info: &str,
         component: &[u8],
     ) -> Result<PluginRow, StoreError> {
+        let turn = self.writing().await;
         let row = PluginRow {
             id: new_id("plg"),
             tenant_id: tenant_id.map(str::to_owned),
@@ -89,6 +90,7 @@ impl Store {
         .execute(&self.pool)
         .await
         .map_err(|e| StoreError::from_insert(e, &format!("plugin {name}@{version}")))?;
+        self.durable(turn).await?;
         Ok(row)
     }
 
@@ -143,6 +145,7 @@ impl Store {
         plugin: &PluginRow,
         config: &str,
     ) -> Result<InstallRow, StoreError> {
+        let turn = self.writing().await;
         let row = InstallRow {
             id: new_id("ins"),
             tenant_id: tenant_id.to_owned(),
@@ -165,6 +168,7 @@ impl Store {
         .bind(row.created_at)
         .execute(&self.pool)
         .await?;
+        self.durable(turn).await?;
         Ok(row)
     }
 

@@ -62,6 +62,7 @@ impl Store {
         default_locale: &str,
         settings: &serde_json::Value,
     ) -> Result<TenantRow, StoreError> {
+        let turn = self.writing().await;
         let row = TenantRow {
             id: new_id("ten"),
             name: name.to_owned(),
@@ -82,6 +83,7 @@ impl Store {
         .bind(row.created_at)
         .execute(&self.pool)
         .await?;
+        self.durable(turn).await?;
         Ok(row)
     }
 
@@ -99,11 +101,13 @@ impl Store {
         id: &str,
         settings: &serde_json::Value,
     ) -> Result<(), StoreError> {
+        let turn = self.writing().await;
         sqlx::query("UPDATE tenants SET settings = $1 WHERE id = $2")
             .bind(settings.to_string())
             .bind(id)
             .execute(&self.pool)
             .await?;
+        self.durable(turn).await?;
         Ok(())
     }
 
@@ -114,6 +118,7 @@ impl Store {
         scope: &str,
         key_hash: &str,
     ) -> Result<String, StoreError> {
+        let turn = self.writing().await;
         let id = new_id("key");
         sqlx::query("INSERT INTO api_keys (id, tenant_id, scope, key_hash, created_at) VALUES ($1, $2, $3, $4, $5)")
             .bind(&id)
@@ -124,6 +129,7 @@ impl Store {
             .execute(&self.pool)
             .await
             .map_err(|e| StoreError::from_insert(e, "api key"))?;
+        self.durable(turn).await?;
         Ok(id)
     }
 
@@ -149,6 +155,7 @@ impl Store {
         text: Option<&str>,
         html: Option<&str>,
     ) -> Result<(), StoreError> {
+        let turn = self.writing().await;
         sqlx::query(
             "INSERT INTO templates (tenant_id, name, channel, locale, subject, text, html, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
@@ -166,6 +173,7 @@ impl Store {
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
+        self.durable(turn).await?;
         Ok(())
     }
 

@@ -128,15 +128,28 @@ async fn a_worker_killed_mid_burst_loses_no_message() {
             n
         }
     };
-    // Each hand-off takes the SMTP server 300 ms, so a lease seen here is
-    // still held when the kill lands a moment later.
-    let (doomed, a, b) = loop {
+    // Freeze the worker holding the most leases (SIGSTOP), so nothing it
+    // holds can settle between counting and killing, then SIGKILL it.
+    let signal = |name: &str, pid: u32| {
+        let status = Command::new("kill")
+            .args([name, &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {name} {pid}");
+    };
+    let (doomed, held) = loop {
         let (a, b) = (
             holding(workers[0].pid()).await,
             holding(workers[1].pid()).await,
         );
         if a.max(b) > 0 {
-            break (usize::from(b > a), a, b);
+            let doomed = usize::from(b > a);
+            signal("-STOP", workers[doomed].pid());
+            let held = holding(workers[doomed].pid()).await;
+            if held > 0 {
+                break (doomed, held);
+            }
+            signal("-CONT", workers[doomed].pid());
         }
         assert!(
             started.elapsed() < Duration::from_secs(60),
@@ -145,10 +158,9 @@ async fn a_worker_killed_mid_burst_loses_no_message() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     workers[doomed].kill();
-    let held = holding(workers[doomed].pid()).await;
     assert!(
         held > 0,
-        "the killed worker held leased messages when it died ({a}, {b})"
+        "the killed worker held leased messages when it died"
     );
 
     // The survivor takes over once the dead worker's leases expire.

@@ -1,0 +1,165 @@
+//! `tidings-load`: end-to-end throughput, ingest latency and tenant density
+//! of `tidings serve` (the release binary), on SQLite and PostgreSQL, with
+//! the file transport and a local SMTP server.
+//!
+//! ```text
+//! tidings-load [all|e2e|density] [--events N] [--connections N] [--rate N]
+//!              [--secs N] [--tenants N] [--unique N] [--quick]
+//!              [--only sqlite-file,...] [--write BENCHMARKS.md]
+//! ```
+//! Prints markdown tables; `--write` also replaces the generated tables of
+//! the "End to end" and "Density" sections of that file.
+
+mod density;
+mod e2e;
+mod http;
+mod report;
+mod service;
+mod stats;
+
+use anyhow::{Context as _, bail};
+
+use crate::e2e::Transport;
+use crate::service::Db;
+
+struct Args {
+    what: String,
+    e2e: e2e::Options,
+    density: density::Options,
+    write: Option<std::path::PathBuf>,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut args = Args {
+        what: "all".into(),
+        e2e: e2e::Options {
+            events: 3_000,
+            connections: 32,
+            rate: 1_000,
+            secs: 10,
+            configs: vec![
+                (Db::Sqlite, Transport::File),
+                (Db::Sqlite, Transport::Smtp),
+                (Db::Postgres, Transport::File),
+                (Db::Postgres, Transport::Smtp),
+            ],
+        },
+        density: density::Options {
+            tenants: 10_000,
+            unique: 50,
+            concurrency: 16,
+            cold_samples: 20,
+        },
+        write: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "all" | "e2e" | "density" => args.what = arg.clone(),
+            "--events" => args.e2e.events = value()?.parse()?,
+            "--connections" => args.e2e.connections = value()?.parse()?,
+            "--rate" => args.e2e.rate = value()?.parse()?,
+            "--secs" => args.e2e.secs = value()?.parse()?,
+            "--tenants" => args.density.tenants = value()?.parse()?,
+            "--unique" => args.density.unique = value()?.parse()?,
+            "--only" => {
+                let list = value()?;
+                args.e2e.configs = list
+                    .split(',')
+                    .map(|c| match c {
+                        "sqlite-file" => Ok((Db::Sqlite, Transport::File)),
+                        "sqlite-smtp" => Ok((Db::Sqlite, Transport::Smtp)),
+                        "postgres-file" => Ok((Db::Postgres, Transport::File)),
+                        "postgres-smtp" => Ok((Db::Postgres, Transport::Smtp)),
+                        other => bail!("unknown configuration {other}"),
+                    })
+                    .collect::<anyhow::Result<_>>()?;
+            }
+            "--quick" => {
+                args.e2e.events = 1_000;
+                args.e2e.secs = 3;
+                args.density.tenants = 300;
+                args.density.unique = 6;
+                args.density.cold_samples = 6;
+            }
+            "--write" => args.write = Some(value()?.into()),
+            "-h" | "--help" => {
+                println!(
+                    "tidings-load [all|e2e|density] [--events N] [--connections N] [--rate N] \
+                     [--secs N] [--tenants N] [--unique N] [--quick] \
+                     [--only sqlite-file,sqlite-smtp,postgres-file,postgres-smtp] [--write FILE]"
+                );
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other} (try --help)"),
+        }
+    }
+    args.density.unique = args.density.unique.min(args.density.tenants);
+    Ok(args)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(args, command))
+}
+
+async fn run(args: Args, command: String) -> anyhow::Result<()> {
+    let dir = service::root().join("target/load");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let cache_dir = dir.join("cache");
+
+    let mut sections = Vec::new();
+    if args.what != "density" {
+        let mut throughput = Vec::new();
+        let mut rates = Vec::new();
+        for &(db, transport) in &args.e2e.configs {
+            eprintln!(
+                "end to end: {} + {} at full speed",
+                db.name(),
+                transport.name()
+            );
+            let t = e2e::full_speed(&dir, &cache_dir, db, transport, &args.e2e).await?;
+            eprintln!(
+                "  {:.0} events/s end to end",
+                t.events as f64 / t.end_to_end.as_secs_f64()
+            );
+            throughput.push(t);
+            eprintln!(
+                "end to end: {} + {} at {} events/s",
+                db.name(),
+                transport.name(),
+                args.e2e.rate
+            );
+            let r = e2e::fixed_rate(&dir, &cache_dir, db, transport, &args.e2e).await?;
+            eprintln!("  ack p99 {} ms", stats::ms(r.acks.quantile(0.99)));
+            rates.push(r);
+        }
+        sections.push((
+            "end-to-end",
+            report::end_to_end(&args.e2e, &throughput, &rates),
+        ));
+    }
+    if args.what != "e2e" {
+        eprintln!(
+            "density: {} tenants ({} with their own component)",
+            args.density.tenants, args.density.unique
+        );
+        let d = density::run(&dir, &args.density).await?;
+        sections.push(("density", report::density(&d)));
+    }
+    for (_, text) in &sections {
+        println!("{text}");
+    }
+    if let Some(path) = &args.write {
+        report::write(path, &command, &sections)?;
+        eprintln!("wrote {}", path.display());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
