@@ -9,7 +9,7 @@ LIFECYCLE := order_created order_paid order_preparing shipment_created \
 	backordered items_cancelled order_cancelled
 PLUGIN := target/wasm32-wasip2/plugin/standard_lifecycle.wasm
 
-.PHONY: run test lint plugins target postgres python-deps check-plugin load bench extism-guest
+.PHONY: run test lint plugins target postgres python-deps check-plugin load bench benchmarks extism-guest
 
 target:
 	rustup target add wasm32-wasip2
@@ -69,3 +69,6 @@ extism-guest:
 ## and in Extism, side by side in one run; prints a markdown table.
 bench: plugins extism-guest
 	cargo bench -p tidings-bench
+
+## Every benchmark: decision cost, then end to end and density.
+benchmarks: bench load
