@@ -8,27 +8,6 @@ use tidings_sdk::types::EventKind;
 use tidings_tests::guests;
 use tidings_tests::service::{Db, TestService};
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Db::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Db::Postgres).await;
-                }
-            )*
-        }
-    };
-}
-
 on_both_backends!(
     a_transient_failure_is_retried_with_backoff_until_it_succeeds,
     exhausted_retries_become_a_dead_letter_that_can_be_replayed,

@@ -9,27 +9,6 @@ use tidings_tests::fake::FakeHttp;
 use tidings_tests::guests;
 use tidings_tests::service::{Db, TestService};
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Db::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Db::Postgres).await;
-                }
-            )*
-        }
-    };
-}
-
 on_both_backends!(
     a_delayed_vip_order_climbs_the_ladder_until_an_agent_acknowledges,
     an_unacknowledged_ticket_is_breached_after_the_last_tier,

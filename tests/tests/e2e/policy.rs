@@ -9,27 +9,6 @@ use tidings_sdk::types::{Channel, EventKind, OrderEvent};
 use tidings_tests::guests;
 use tidings_tests::service::{Db, TestService};
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Db::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Db::Postgres).await;
-                }
-            )*
-        }
-    };
-}
-
 on_both_backends!(
     marketing_needs_the_customers_opt_in_for_the_channel,
     transactional_mail_respects_a_channel_opt_out,

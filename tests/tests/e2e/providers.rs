@@ -16,27 +16,6 @@ use tidings_tests::fake::{FakeHttp, Reply};
 use tidings_tests::guests;
 use tidings_tests::service::{Db, PUBLIC_URL, TestService};
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Db::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Db::Postgres).await;
-                }
-            )*
-        }
-    };
-}
-
 on_both_backends!(
     sms_goes_to_the_provider_and_its_status_callback_settles_it,
     status_callbacks_with_bad_signatures_or_bodies_change_nothing,

@@ -8,28 +8,6 @@ use tidings_sdk::types::{EventKind, OrderEvent};
 use tidings_tests::guests;
 use tidings_tests::service::{Db, OPERATOR_KEY, TestService};
 
-/// Instantiate each behavioural test once per backend.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Db::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Db::Postgres).await;
-                }
-            )*
-        }
-    };
-}
-
 on_both_backends!(
     a_lifecycle_becomes_rendered_emails_and_an_audit_trail,
     a_retried_event_is_stored_once,

@@ -10,27 +10,6 @@ use tidings_host::store::Backend;
 use tidings_tests::guests;
 use tidings_tests::service::{Db, TestService};
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Db::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Db::Postgres).await;
-                }
-            )*
-        }
-    };
-}
-
 on_both_backends!(
     shopify_deliveries_are_verified_mapped_and_notified,
     shopify_bad_signatures_duplicates_and_unknown_topics,
