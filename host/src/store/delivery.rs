@@ -1,7 +1,8 @@
 //! Delivery: retries, channel fallback, the tenant's channel settings and
 //! provider references for status callbacks.
 
-use super::{MessageRow, Store, StoreError, new_id, now_ms};
+use super::messages::record_attempt;
+use super::{MessageRow, Store, StoreError, now_ms};
 
 impl Store {
     /// After a transient failure: record the attempt and put the message back
@@ -30,18 +31,7 @@ impl Store {
         .bind(&m.id)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
-            "INSERT INTO delivery_attempts (id, tenant_id, message_id, attempt, at, outcome, detail)
-             VALUES ($1, $2, $3, $4, $5, 'failed', $6)",
-        )
-        .bind(new_id("att"))
-        .bind(&m.tenant_id)
-        .bind(&m.id)
-        .bind(attempt)
-        .bind(now)
-        .bind(reason)
-        .execute(&mut *tx)
-        .await?;
+        record_attempt(&mut tx, m, attempt, now, "failed", reason).await?;
         tx.commit().await?;
         self.durable(turn).await?;
         Ok(())
@@ -131,18 +121,8 @@ impl Store {
         .bind(&m.id)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
-            "INSERT INTO delivery_attempts (id, tenant_id, message_id, attempt, at, outcome, detail)
-             VALUES ($1, $2, $3, $4, $5, 'failed', $6)",
-        )
-        .bind(new_id("att"))
-        .bind(&m.tenant_id)
-        .bind(&m.id)
-        .bind(m.attempts + 1)
-        .bind(now)
-        .bind(format!("{}: {reason}", m.channel))
-        .execute(&mut *tx)
-        .await?;
+        let detail = format!("{}: {reason}", m.channel);
+        record_attempt(&mut tx, m, m.attempts + 1, now, "failed", &detail).await?;
         tx.commit().await?;
         self.durable(turn).await?;
         Ok(())
@@ -207,19 +187,7 @@ impl Store {
         .await?
         .rows_affected()
             > 0;
-        sqlx::query(
-            "INSERT INTO delivery_attempts (id, tenant_id, message_id, attempt, at, outcome, detail)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(new_id("att"))
-        .bind(&m.tenant_id)
-        .bind(&m.id)
-        .bind(m.attempts)
-        .bind(now)
-        .bind(status)
-        .bind(detail)
-        .execute(&mut *tx)
-        .await?;
+        record_attempt(&mut tx, m, m.attempts, now, status, detail).await?;
         tx.commit().await?;
         self.durable(turn).await?;
         Ok(changed)

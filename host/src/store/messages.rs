@@ -449,19 +449,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         if let Some((outcome, detail)) = attempt {
-            sqlx::query(
-                "INSERT INTO delivery_attempts (id, tenant_id, message_id, attempt, at, outcome, detail)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(new_id("att"))
-            .bind(&m.tenant_id)
-            .bind(&m.id)
-            .bind(attempts)
-            .bind(now)
-            .bind(outcome)
-            .bind(detail)
-            .execute(&mut *tx)
-            .await?;
+            record_attempt(&mut tx, m, attempts, now, outcome, detail).await?;
         }
         tx.commit().await?;
         self.durable(turn).await?;
@@ -653,4 +641,30 @@ impl Store {
         self.durable(turn).await?;
         Ok(())
     }
+}
+
+/// Append attempt number `attempt` of message `m` to its history, inside the
+/// transaction that changes the message.
+pub(super) async fn record_attempt(
+    conn: &mut sqlx::AnyConnection,
+    m: &MessageRow,
+    attempt: i64,
+    at: i64,
+    outcome: &str,
+    detail: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO delivery_attempts (id, tenant_id, message_id, attempt, at, outcome, detail)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(new_id("att"))
+    .bind(&m.tenant_id)
+    .bind(&m.id)
+    .bind(attempt)
+    .bind(at)
+    .bind(outcome)
+    .bind(detail)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
