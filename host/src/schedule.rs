@@ -427,18 +427,7 @@ async fn fall_back(
     let Some((&next, rest)) = remaining.split_first() else {
         return Ok(false);
     };
-    let notify = tidings_sdk::action::Notify {
-        channel: next,
-        template: m.template.clone(),
-        locale: m.locale.clone(),
-        timing: Timing::Now,
-        category: parse_enum(&m.category).unwrap_or(Category::Transactional),
-        priority: parse_enum(&m.priority).unwrap_or_default(),
-        dedupe_key: None,
-        cancel_key: m.cancel_key.clone(),
-        fallback_channels: rest.to_vec(),
-        data: Default::default(),
-    };
+    let notify = resend(m, next, rest.to_vec());
     let now = pipeline.now();
     let (verdict, _) = pipeline
         .verdict(&m.tenant_id, event, settings, &notify, now)
@@ -590,6 +579,27 @@ pub async fn render_message(
     Ok(render::render(&templates, &request))
 }
 
+/// `m` as a notice to send now on `channel`, for policy to judge again at
+/// send time (its dedupe key was already accepted, so it is left out).
+fn resend(
+    m: &MessageRow,
+    channel: Channel,
+    fallback_channels: Vec<Channel>,
+) -> tidings_sdk::action::Notify {
+    tidings_sdk::action::Notify {
+        channel,
+        template: m.template.clone(),
+        locale: m.locale.clone(),
+        timing: Timing::Now,
+        category: parse_enum(&m.category).unwrap_or(Category::Transactional),
+        priority: parse_enum(&m.priority).unwrap_or_default(),
+        dedupe_key: None,
+        cancel_key: m.cancel_key.clone(),
+        fallback_channels,
+        data: Default::default(),
+    }
+}
+
 /// Policy again for an approved message. Returns `Some(())` when the message
 /// was settled (suppressed) or deferred instead of sent.
 async fn recheck_policy(
@@ -601,18 +611,7 @@ async fn recheck_policy(
     let Some(channel) = parse_enum::<Channel>(&m.channel) else {
         return Ok(None);
     };
-    let notify = tidings_sdk::action::Notify {
-        channel,
-        template: m.template.clone(),
-        locale: m.locale.clone(),
-        timing: Timing::Now,
-        category: parse_enum(&m.category).unwrap_or(Category::Transactional),
-        priority: parse_enum(&m.priority).unwrap_or_default(),
-        dedupe_key: None,
-        cancel_key: m.cancel_key.clone(),
-        fallback_channels: Vec::new(),
-        data: Default::default(),
-    };
+    let notify = resend(m, channel, Vec::new());
     let now = pipeline.now();
     // The newest event of the order carries the customer's current consents.
     let latest = pipeline
