@@ -82,15 +82,17 @@ pub struct EmailChannel {
 }
 
 impl ChannelSettings {
-    /// Settings from the stored (channel, config JSON) rows.
-    pub fn from_rows<'a>(
-        rows: impl IntoIterator<Item = (&'a str, &'a str)>,
-    ) -> Result<Self, ChannelSettingsError> {
+    /// A tenant's settings from its stored (channel, config JSON, updated)
+    /// rows. They were checked when set; a row that no longer parses is left
+    /// out, and logged (that channel then goes to the outbox).
+    pub fn from_stored(tenant_id: &str, rows: &[(String, String, i64)]) -> Self {
         let mut out = Self::default();
-        for (channel, config) in rows {
-            out.set(channel, config)?;
+        for (channel, config, _) in rows {
+            if let Err(err) = out.set(channel, config) {
+                tracing::error!(tenant = tenant_id, channel = %channel, error = %err, "stored channel settings are unusable");
+            }
         }
-        Ok(out)
+        out
     }
 
     /// Parse and check `config` (JSON) as the settings of `channel`, naming

@@ -193,15 +193,9 @@ impl Pipeline {
         tenant_id: &str,
     ) -> Result<crate::dispatch::ChannelSettings, PipelineError> {
         let rows = self.store.channel_settings(tenant_id).await?;
-        let mut settings = crate::dispatch::ChannelSettings::default();
-        for (channel, config, _) in &rows {
-            if let Err(err) = settings.set(channel, config) {
-                // Checked when they were set; a row that no longer parses
-                // is left out (that channel falls back to the outbox).
-                tracing::error!(tenant = tenant_id, channel = %channel, error = %err, "stored channel settings are unusable");
-            }
-        }
-        Ok(settings)
+        Ok(crate::dispatch::ChannelSettings::from_stored(
+            tenant_id, &rows,
+        ))
     }
 
     /// What a plugin is told about an order: notifications so far and open

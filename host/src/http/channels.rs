@@ -49,7 +49,7 @@ pub fn router() -> Router<AppState> {
 async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
     let tenant_id = caller.merchant_tenant()?;
     let rows = state.pipeline.store.channel_settings(tenant_id).await?;
-    let settings = state.pipeline.channel_settings(tenant_id).await?;
+    let settings = ChannelSettings::from_stored(tenant_id, &rows);
     let items: Vec<Value> = rows
         .iter()
         .filter_map(|(channel, _, updated)| {
