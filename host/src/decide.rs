@@ -476,7 +476,11 @@ impl Runtime {
 
     /// Run a decision with admission control: waits for a slot for `tenant`
     /// and a global slot (backpressure, never a pool-exhaustion error), then
-    /// evaluates on a blocking thread.
+    /// evaluates. On a multi-threaded tokio runtime (the service) the
+    /// decision runs on the calling worker, which tokio first hands its
+    /// other tasks to another thread (`block_in_place`): two thread
+    /// hand-offs cheaper than `spawn_blocking`, and the decision is bounded
+    /// by the wall-clock limit. Elsewhere it goes to a blocking thread.
     pub async fn decide(
         self: &Arc<Self>,
         tenant: &str,
@@ -486,30 +490,41 @@ impl Runtime {
         limits: &Limits,
     ) -> Result<Decision, DecideError> {
         let permits = self.admit(tenant).await;
-        let (runtime, plugin, event, ctx, limits) = (
-            self.clone(),
-            plugin.clone(),
-            event.clone(),
-            ctx.clone(),
-            limits.clone(),
-        );
-        let id = plugin.id().clone();
-        let event_id = event.id.clone();
-        let result = tokio::task::spawn_blocking(move || {
+        let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::MultiThread;
+        let host_failed = |id: PluginRef, message: String| DecideError {
+            plugin: id,
+            fault: Fault::Trap {
+                message: format!("host task failed: {message}"),
+            },
+            usage: Usage::default(),
+            log: Vec::new(),
+        };
+        let result = if multi_thread {
             let _permits = permits;
-            runtime.evaluate(&plugin, &event, &ctx, &limits)
-        })
-        .await
-        .unwrap_or_else(|join| {
-            Err(DecideError {
-                plugin: id,
-                fault: Fault::Trap {
-                    message: format!("host task failed: {join}"),
-                },
-                usage: Usage::default(),
-                log: Vec::new(),
+            tokio::task::block_in_place(|| {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.evaluate(plugin, event, ctx, limits)
+                }))
             })
-        });
+            .unwrap_or_else(|_| Err(host_failed(plugin.id().clone(), "panicked".into())))
+        } else {
+            let (runtime, plugin, event, ctx, limits) = (
+                self.clone(),
+                plugin.clone(),
+                event.clone(),
+                ctx.clone(),
+                limits.clone(),
+            );
+            let id = plugin.id().clone();
+            tokio::task::spawn_blocking(move || {
+                let _permits = permits;
+                runtime.evaluate(&plugin, &event, &ctx, &limits)
+            })
+            .await
+            .unwrap_or_else(|join| Err(host_failed(id, join.to_string())))
+        };
+        let event_id = &event.id;
         // Ids and numbers only: the event's customer details never reach logs.
         match &result {
             Ok(d) => tracing::debug!(

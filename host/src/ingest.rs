@@ -133,17 +133,19 @@ fn currency(field: &str, code: &str) -> Result<(), IngestError> {
 }
 
 /// Store `event` for `tenant_id` under `idempotency_key` (default: the event
-/// id). Returns the stored row and whether it is new.
+/// id), received from `actor` (a key id). Returns the stored row and whether
+/// it is new.
 pub async fn accept(
     store: &Store,
     tenant_id: &str,
     event: &OrderEvent,
     idempotency_key: Option<&str>,
+    actor: &str,
 ) -> Result<(EventRow, bool), IngestError> {
     let body = serde_json::to_string(event).expect("events serialise");
     let key = idempotency_key.unwrap_or(&event.id);
     Ok(store
-        .insert_event(&new_event(tenant_id, event, key, &body))
+        .insert_event(&new_event(tenant_id, event, key, &body), actor)
         .await?)
 }
 

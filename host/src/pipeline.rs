@@ -25,7 +25,9 @@ use crate::metrics::Metrics;
 use crate::policy::{self, Facts, Outcome};
 use crate::schedule::Wakeups;
 use crate::settings::{FailureFallback, TenantSettings};
-use crate::store::{AuditEntry, EventRow, NewMessage, Store, StoreError, TenantRow};
+use crate::store::{
+    AuditEntry, Committed, EventRow, NewDecision, NewMessage, Store, StoreError, TenantRow, Writes,
+};
 
 /// The queue the host itself uses when a plugin fails.
 pub const PLUGIN_FAULTS_QUEUE: &str = "plugin-faults";
@@ -171,14 +173,29 @@ impl Pipeline {
         &self,
         tenant_id: &str,
     ) -> Result<(TenantRow, TenantSettings), PipelineError> {
-        let tenant = self
-            .store
-            .tenant(tenant_id)
-            .await?
-            .ok_or_else(|| PipelineError::Corrupt {
-                what: "event",
-                message: format!("unknown tenant {tenant_id}"),
-            })?;
+        let tenant = self.store.tenant(tenant_id).await?;
+        Self::parse_tenant(tenant_id, tenant)
+    }
+
+    /// [`Pipeline::tenant`] as read at most [`crate::store::CACHE_TTL`]
+    /// ago (at once after a write by this process): for the stages, which
+    /// read it for every event and message.
+    pub async fn tenant_cached(
+        &self,
+        tenant_id: &str,
+    ) -> Result<(TenantRow, TenantSettings), PipelineError> {
+        let tenant = self.store.tenant_cached(tenant_id).await?;
+        Self::parse_tenant(tenant_id, tenant)
+    }
+
+    fn parse_tenant(
+        tenant_id: &str,
+        tenant: Option<TenantRow>,
+    ) -> Result<(TenantRow, TenantSettings), PipelineError> {
+        let tenant = tenant.ok_or_else(|| PipelineError::Corrupt {
+            what: "event",
+            message: format!("unknown tenant {tenant_id}"),
+        })?;
         let settings =
             TenantSettings::from_json(&tenant.settings).map_err(|e| PipelineError::Corrupt {
                 what: "tenant settings",
@@ -192,7 +209,7 @@ impl Pipeline {
         &self,
         tenant_id: &str,
     ) -> Result<crate::dispatch::ChannelSettings, PipelineError> {
-        let rows = self.store.channel_settings(tenant_id).await?;
+        let rows = self.store.channel_settings_cached(tenant_id).await?;
         Ok(crate::dispatch::ChannelSettings::from_stored(
             tenant_id, &rows,
         ))
@@ -244,10 +261,13 @@ impl Pipeline {
                 what: "event body",
                 message: e.to_string(),
             })?;
-        let (tenant, settings) = self.tenant(&row.tenant_id).await?;
+        let (tenant, settings) = self.tenant_cached(&row.tenant_id).await?;
         let now = self.now();
+        // What this event changes is stored at the end, in one transaction
+        // with the event's new status, unless an action must write earlier.
+        let mut writes = Writes::default();
         let merged = self
-            .decide_all(row, &event, &tenant, &settings, now)
+            .decide_all(row, &event, &tenant, &settings, now, &mut writes)
             .await?;
         for (n, (decision_id, action)) in merged.actions.iter().enumerate() {
             // Derived from the event and the action's place in the merged
@@ -263,10 +283,21 @@ impl Pipeline {
                 &message_id,
                 action,
                 now,
+                &mut writes,
             )
             .await?;
         }
-        self.store.finish_event(&row.id, "processed").await?;
+        writes.finish_event(&row.id, "processed");
+        if self.store.commit(writes).await? == Committed::AlreadyFinished {
+            tracing::warn!(event = %row.id, "event already processed by another worker; this attempt stored nothing");
+        }
+        Ok(())
+    }
+
+    /// Store what `writes` holds so far, before a step that writes on its
+    /// own (tickets, cancellations), so the audit trail stays in order.
+    async fn flush(&self, writes: &mut Writes) -> Result<(), PipelineError> {
+        self.store.commit(std::mem::take(writes)).await?;
         Ok(())
     }
 
@@ -277,6 +308,7 @@ impl Pipeline {
         tenant: &TenantRow,
         settings: &TenantSettings,
         now: Timestamp,
+        writes: &mut Writes,
     ) -> Result<Merged, PipelineError> {
         let (history, open_escalations) = self
             .order_context(&tenant.id, &event.order.id, i64::MAX)
@@ -285,7 +317,7 @@ impl Pipeline {
             actions: Vec::new(),
         };
         let mut seen_dedupe = HashSet::new();
-        for install in self.store.installs(&tenant.id).await? {
+        for install in self.store.installs_cached(&tenant.id).await? {
             // One decision per event and installed plugin, whatever attempt.
             let decision_id =
                 crate::store::derived_id("dec", row.received_at, &[&row.id, &install.plugin_id]);
@@ -296,9 +328,8 @@ impl Pipeline {
                     // that plugin: recorded, the fallback applies, and the
                     // other plugins still decide.
                     let reason = format!("plugin {id} could not be loaded: {message}");
-                    self.record_unavailable(row, &decision_id, &install.plugin_id, &reason)
-                        .await?;
-                    self.plugin_failed(row, settings, &decision_id, &reason)
+                    self.record_unavailable(row, &decision_id, &install.plugin_id, &reason, writes);
+                    self.plugin_failed(row, settings, &decision_id, &reason, writes)
                         .await?;
                     continue;
                 }
@@ -316,8 +347,7 @@ impl Pipeline {
                 .runtime
                 .decide(&tenant.id, &plugin, event, &ctx, &settings.limits)
                 .await;
-            self.record_decision(row, &decision_id, &install.plugin_id, &result)
-                .await?;
+            self.record_decision(row, &decision_id, &install.plugin_id, &result, writes);
             match result {
                 Ok(Decision {
                     outcome: Ok(actions),
@@ -339,12 +369,12 @@ impl Pipeline {
                     ..
                 }) => {
                     let reason = format!("plugin {plugin} returned rule error {rule_error}");
-                    self.plugin_failed(row, settings, &decision_id, &reason)
+                    self.plugin_failed(row, settings, &decision_id, &reason, writes)
                         .await?;
                 }
                 Err(err) => {
                     let reason = err.to_string();
-                    self.plugin_failed(row, settings, &decision_id, &reason)
+                    self.plugin_failed(row, settings, &decision_id, &reason, writes)
                         .await?;
                 }
             }
@@ -353,28 +383,27 @@ impl Pipeline {
     }
 
     /// Record that an installed plugin could not be loaded for `row`.
-    async fn record_unavailable(
+    fn record_unavailable(
         &self,
         row: &EventRow,
         decision_id: &str,
         plugin_id: &str,
         reason: &str,
-    ) -> Result<(), PipelineError> {
+        writes: &mut Writes,
+    ) {
         let detail = json!({ "fault": { "kind": "unavailable", "message": reason } });
-        self.store
-            .insert_decision(
-                decision_id,
-                &row.tenant_id,
-                &row.id,
-                plugin_id,
-                plugin_id,
-                "",
-                "fault",
-                &detail.to_string(),
-                0,
-                0,
-            )
-            .await?;
+        writes.decision(&NewDecision {
+            id: decision_id,
+            tenant_id: &row.tenant_id,
+            event_id: &row.id,
+            plugin_id,
+            plugin_name: plugin_id,
+            plugin_version: "",
+            outcome: "fault",
+            detail: &detail.to_string(),
+            fuel: 0,
+            duration_us: 0,
+        });
         self.metrics.inc(
             "tidings_plugin_faults_total",
             &[
@@ -383,28 +412,20 @@ impl Pipeline {
                 ("fault", "unavailable"),
             ],
         );
-        self.audit(
-            row,
-            None,
-            "decide",
-            "fault",
-            &format!("plugin:{plugin_id}"),
-            {
-                let mut d = detail;
-                d["decision_id"] = json!(decision_id);
-                d
-            },
-        )
-        .await
+        let mut detail = detail;
+        detail["decision_id"] = json!(decision_id);
+        let actor = format!("plugin:{plugin_id}");
+        writes.audit(audit_entry(row, None, "decide", "fault", &actor, detail));
     }
 
-    async fn record_decision(
+    fn record_decision(
         &self,
         row: &EventRow,
         id: &str,
         plugin_id: &str,
         result: &Result<Decision, DecideError>,
-    ) -> Result<(), PipelineError> {
+        writes: &mut Writes,
+    ) {
         let (plugin, usage, outcome, detail) = match result {
             Ok(d) => match &d.outcome {
                 Ok(actions) => (
@@ -429,20 +450,18 @@ impl Pipeline {
         };
         let fuel = i64::try_from(usage.fuel).unwrap_or(i64::MAX);
         let duration_us = i64::try_from(usage.wall_time_us).unwrap_or(i64::MAX);
-        self.store
-            .insert_decision(
-                id,
-                &row.tenant_id,
-                &row.id,
-                plugin_id,
-                &plugin.name,
-                &plugin.version,
-                outcome,
-                &detail.to_string(),
-                fuel,
-                duration_us,
-            )
-            .await?;
+        writes.decision(&NewDecision {
+            id,
+            tenant_id: &row.tenant_id,
+            event_id: &row.id,
+            plugin_id,
+            plugin_name: &plugin.name,
+            plugin_version: &plugin.version,
+            outcome,
+            detail: &detail.to_string(),
+            fuel,
+            duration_us,
+        });
         let labels = [
             ("tenant", row.tenant_id.as_str()),
             ("plugin", plugin.name.as_str()),
@@ -473,14 +492,12 @@ impl Pipeline {
                 ],
             );
         }
-        self.audit(row, None, "decide", outcome, &format!("plugin:{plugin}"), {
-            let mut d = detail;
-            d["decision_id"] = json!(id);
-            d["plugin"] = json!(plugin);
-            d["usage"] = json!(usage);
-            d
-        })
-        .await
+        let mut detail = detail;
+        detail["decision_id"] = json!(id);
+        detail["plugin"] = json!(plugin);
+        detail["usage"] = json!(usage);
+        let actor = format!("plugin:{plugin}");
+        writes.audit(audit_entry(row, None, "decide", outcome, &actor, detail));
     }
 
     async fn plugin_failed(
@@ -489,10 +506,12 @@ impl Pipeline {
         settings: &TenantSettings,
         decision_id: &str,
         reason: &str,
+        writes: &mut Writes,
     ) -> Result<(), PipelineError> {
         if settings.on_plugin_failure == FailureFallback::Record {
             return Ok(());
         }
+        self.flush(writes).await?;
         crate::escalation::open(
             self,
             row,
@@ -520,17 +539,29 @@ impl Pipeline {
         message_id: &str,
         action: &Action,
         now: Timestamp,
+        writes: &mut Writes,
     ) -> Result<(), PipelineError> {
         match action {
             Action::Notify(notify) => {
-                self.schedule_notify(row, event, settings, decision_id, message_id, notify, now)
-                    .await
+                self.schedule_notify(
+                    row,
+                    event,
+                    settings,
+                    decision_id,
+                    message_id,
+                    notify,
+                    now,
+                    writes,
+                )
+                .await
             }
             Action::HoldForApproval { notify, reason } => {
+                self.flush(writes).await?;
                 crate::escalation::hold(self, row, event, settings, decision_id, notify, reason)
                     .await
             }
             Action::Escalate(e) => {
+                self.flush(writes).await?;
                 let priority = enum_str(&e.priority);
                 crate::escalation::open(
                     self,
@@ -549,19 +580,20 @@ impl Pipeline {
                 Ok(())
             }
             Action::Cancel { cancel_key } => {
+                self.flush(writes).await?;
                 let cancelled = self
                     .store
                     .cancel_key(&row.tenant_id, cancel_key, &row.id)
                     .await?;
-                self.audit(
+                writes.audit(audit_entry(
                     row,
                     None,
                     "policy",
                     "cancel",
                     "system",
                     json!({ "cancel_key": cancel_key, "cancelled": cancelled }),
-                )
-                .await
+                ));
+                Ok(())
             }
         }
     }
@@ -576,9 +608,24 @@ impl Pipeline {
         id: &str,
         notify: &Notify,
         now: Timestamp,
+        writes: &mut Writes,
     ) -> Result<(), PipelineError> {
+        // Marketing messages of this event not stored yet count against the
+        // customer's cap too.
+        let customer = event.order.customer.id.as_str();
+        let pending_marketing = writes
+            .pending_messages()
+            .filter(|&(c, category)| c == customer && category == "marketing")
+            .count();
         let (verdict, send_at) = self
-            .verdict(&row.tenant_id, event, settings, notify, now)
+            .verdict_with(
+                &row.tenant_id,
+                event,
+                settings,
+                notify,
+                now,
+                u32::try_from(pending_marketing).unwrap_or(u32::MAX),
+            )
             .await?;
         let (channel, status, at, reason, verdict_name) = match &verdict.outcome {
             Outcome::Send { channel, at } => (*channel, "scheduled", *at, None, "send"),
@@ -617,14 +664,6 @@ impl Pipeline {
             _ => Vec::new(),
         };
         let fallbacks = serde_json::to_string(&fallbacks).expect("channels serialise");
-        if !self
-            .store
-            .insert_message_as(id, &message, &fallbacks)
-            .await?
-        {
-            // Scheduled by an earlier attempt at this event.
-            return Ok(());
-        }
         let reason_code = match &verdict.outcome {
             Outcome::Suppress(r) | Outcome::Defer { reason: r, .. } => r.code(),
             Outcome::Send { .. } => "allowed",
@@ -653,8 +692,11 @@ impl Pipeline {
             "requested_channel": notify.channel,
             "send_at": at,
         });
-        self.audit(row, Some(id), "policy", verdict_name, "system", detail)
-            .await
+        // A message an earlier attempt at this event stored is not stored
+        // (or audited) again.
+        let audit = audit_entry(row, Some(id), "policy", verdict_name, "system", detail);
+        writes.message(id, &message, &fallbacks, audit);
+        Ok(())
     }
 
     /// What policy says about `notify` for `event` now, with the facts looked
@@ -666,6 +708,21 @@ impl Pipeline {
         settings: &TenantSettings,
         notify: &Notify,
         now: Timestamp,
+    ) -> Result<(policy::Verdict, Timestamp), PipelineError> {
+        self.verdict_with(tenant_id, event, settings, notify, now, 0)
+            .await
+    }
+
+    /// [`Pipeline::verdict`], with `unstored_marketing` marketing messages
+    /// to the customer about to be stored besides those in the store.
+    async fn verdict_with(
+        &self,
+        tenant_id: &str,
+        event: &OrderEvent,
+        settings: &TenantSettings,
+        notify: &Notify,
+        now: Timestamp,
+        unstored_marketing: u32,
     ) -> Result<(policy::Verdict, Timestamp), PipelineError> {
         let send_at = crate::schedule::send_at(&notify.timing, now);
         let customer = &event.order.customer;
@@ -706,7 +763,9 @@ impl Pipeline {
             suppressed: &suppressed,
             cancelled,
             last_with_dedupe_key,
-            marketing_sent_in_window: u32::try_from(marketing).unwrap_or(u32::MAX),
+            marketing_sent_in_window: u32::try_from(marketing)
+                .unwrap_or(u32::MAX)
+                .saturating_add(unstored_marketing),
             now,
         };
         Ok((
@@ -726,18 +785,30 @@ impl Pipeline {
         detail: serde_json::Value,
     ) -> Result<(), PipelineError> {
         self.store
-            .audit(AuditEntry {
-                tenant_id: &row.tenant_id,
-                order_id: Some(&row.order_id),
-                event_id: Some(&row.id),
-                message_id,
-                stage,
-                action,
-                actor,
-                detail,
-            })
+            .audit(audit_entry(row, message_id, stage, action, actor, detail))
             .await?;
         Ok(())
+    }
+}
+
+/// An audit entry about `row`'s order.
+fn audit_entry<'a>(
+    row: &'a EventRow,
+    message_id: Option<&'a str>,
+    stage: &'a str,
+    action: &'a str,
+    actor: &'a str,
+    detail: serde_json::Value,
+) -> AuditEntry<'a> {
+    AuditEntry {
+        tenant_id: &row.tenant_id,
+        order_id: Some(&row.order_id),
+        event_id: Some(&row.id),
+        message_id,
+        stage,
+        action,
+        actor,
+        detail,
     }
 }
 

@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 use crate::dispatch::{Outbound, Transport};
 use crate::pipeline::{Pipeline, PipelineError, parse_enum};
 use crate::render::{self, Rendered, TemplateParts, TemplateSet};
-use crate::store::{AuditEntry, MessageRow};
+use crate::store::{AuditEntry, MessageRow, Writes};
 
 /// How long a worker owns a leased job before others may take it, unless
 /// the service is configured otherwise (`--lease-secs`).
@@ -236,7 +236,7 @@ pub async fn deliver(
         )
         .await;
     }
-    let (_, settings) = pipeline.tenant(&m.tenant_id).await?;
+    let (_, settings) = pipeline.tenant_cached(&m.tenant_id).await?;
     let event_row = store.event(&m.tenant_id, &m.event_id).await?;
     let event: Option<OrderEvent> = event_row.and_then(|r| serde_json::from_str(&r.body).ok());
     let Some(event) = event else {
@@ -267,14 +267,14 @@ pub async fn deliver(
         }
     };
     let rendered_json = serde_json::to_string(&rendered).expect("rendered messages serialise");
-    audit(
-        pipeline,
+    // Stored with the outcome of the hand-off, in one transaction.
+    let mut writes = Writes::default();
+    writes.audit(entry(
         m,
         "render",
         "rendered",
         json!({ "template": m.template, "locale": rendered.locale, "approved_by": m.approved_by }),
-    )
-    .await?;
+    ));
 
     let customer = &event.order.customer;
     let to = match (&m.recipient, channel) {
@@ -304,18 +304,12 @@ pub async fn deliver(
     };
     match transport.send(&outbound).await {
         Ok(receipt) => {
-            if let Some(provider_id) = &receipt.provider_id {
-                store.set_provider_id(&m.id, provider_id).await?;
-            }
-            store
-                .settle_message(
-                    m,
-                    "sent",
-                    None,
-                    Some(&rendered_json),
-                    Some(("sent", &receipt.transport_id)),
-                )
-                .await?;
+            writes.sent(
+                m,
+                &rendered_json,
+                &receipt.transport_id,
+                receipt.provider_id.as_deref(),
+            );
             pipeline.metrics.inc(
                 "tidings_messages_total",
                 &[
@@ -324,16 +318,17 @@ pub async fn deliver(
                     ("status", "sent"),
                 ],
             );
-            audit(
-                pipeline,
+            writes.audit(entry(
                 m,
                 "dispatch",
                 "sent",
                 json!({ "transport_id": receipt.transport_id }),
-            )
-            .await
+            ));
+            store.commit(writes).await?;
+            Ok(())
         }
         Err(err) => {
+            store.commit(writes).await?;
             let reason = format!("dispatch: {err}");
             let attempt_number = m.attempts + 1;
             let retry = &settings.delivery.retry;
@@ -488,7 +483,7 @@ async fn report_failure(
     let Some(row) = pipeline.store.event(&m.tenant_id, &m.event_id).await? else {
         return Ok(());
     };
-    let (_, settings) = pipeline.tenant(&m.tenant_id).await?;
+    let (_, settings) = pipeline.tenant_cached(&m.tenant_id).await?;
     let reason = format!(
         "message {} ({} via {}) failed: {reason}",
         m.id, m.template, m.channel
@@ -519,18 +514,28 @@ async fn audit(
 ) -> Result<(), PipelineError> {
     pipeline
         .store
-        .audit(AuditEntry {
-            tenant_id: &m.tenant_id,
-            order_id: Some(&m.order_id),
-            event_id: Some(&m.event_id),
-            message_id: Some(&m.id),
-            stage,
-            action,
-            actor: "system",
-            detail,
-        })
+        .audit(entry(m, stage, action, detail))
         .await?;
     Ok(())
+}
+
+/// An audit entry by the system about message `m`.
+fn entry<'a>(
+    m: &'a MessageRow,
+    stage: &'a str,
+    action: &'a str,
+    detail: serde_json::Value,
+) -> AuditEntry<'a> {
+    AuditEntry {
+        tenant_id: &m.tenant_id,
+        order_id: Some(&m.order_id),
+        event_id: Some(&m.event_id),
+        message_id: Some(&m.id),
+        stage,
+        action,
+        actor: "system",
+        detail,
+    }
 }
 
 /// Render `m` with the tenant's templates: `Ok(Err(_))` is a render failure
@@ -541,14 +546,14 @@ pub async fn render_message(
     event: &OrderEvent,
     settings: &crate::settings::TenantSettings,
 ) -> Result<Result<Rendered, render::RenderError>, PipelineError> {
-    let (tenant, _) = pipeline.tenant(&m.tenant_id).await?;
+    let (tenant, _) = pipeline.tenant_cached(&m.tenant_id).await?;
     let Some(channel) = parse_enum::<Channel>(&m.channel) else {
         return Ok(Err(render::RenderError::MissingPart { part: "channel" }));
     };
     let mut templates = TemplateSet::new();
     for t in pipeline
         .store
-        .templates_for(&m.tenant_id, &m.template, &m.channel)
+        .templates_for_cached(&m.tenant_id, &m.template, &m.channel)
         .await?
     {
         if let Some(c) = parse_enum::<Channel>(&t.channel) {

@@ -9,6 +9,7 @@
 //! database failures.
 
 mod audit;
+mod cache;
 mod delivery;
 mod escalations;
 mod events;
@@ -16,6 +17,7 @@ mod integrations;
 mod messages;
 mod plugins;
 mod tenants;
+mod writes;
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -27,6 +29,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions, Executor};
 
 pub use audit::{AuditEntry, AuditRow};
+pub use cache::TTL as CACHE_TTL;
 pub use escalations::{EscalationFilter, NoteRow};
 pub use events::{EventRow, NewEvent};
 pub use integrations::PlatformOrderRow;
@@ -35,6 +38,7 @@ pub use messages::{
 };
 pub use plugins::{InstallRow, PluginRow};
 pub use tenants::{ApiKeyRow, TemplateRow, TenantRow};
+pub use writes::{Committed, NewDecision, Writes};
 
 /// Which database is behind the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +98,26 @@ pub struct Store {
     /// SQLite: writers take turns here rather than in SQLite's busy
     /// handler, which sleeps 1, 2, 5, 10 … ms between tries.
     writer: Option<Arc<tokio::sync::Mutex<()>>>,
+    /// What the pipeline reads for every event and message.
+    cached: Arc<Cached>,
+}
+
+/// Short-lived copies of per-tenant rows (see [`cache`]).
+#[derive(Debug, Default)]
+struct Cached {
+    tenants: cache::TenantCache<Option<TenantRow>>,
+    installs: cache::TenantCache<Vec<InstallRow>>,
+    channels: cache::TenantCache<Vec<(String, String, i64)>>,
+    templates: cache::TenantCache<Vec<TemplateRow>>,
+}
+
+impl Cached {
+    fn forget(&self, tenant_id: &str) {
+        self.tenants.forget(tenant_id);
+        self.installs.forget(tenant_id);
+        self.channels.forget(tenant_id);
+        self.templates.forget(tenant_id);
+    }
 }
 
 /// A turn to write (SQLite), released before the flush.
@@ -239,6 +263,7 @@ impl Store {
             backend,
             wal,
             writer,
+            cached: Arc::default(),
         };
         store.migrate().await?;
         store.durable(None).await?;
@@ -275,6 +300,16 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Begin a transaction that writes: on SQLite it takes the write lock
+    /// up front, since a deferred transaction that reads and then writes can
+    /// fail with `SQLITE_BUSY` instead of waiting.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
     }
 
     /// Which database this is.

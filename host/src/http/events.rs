@@ -58,7 +58,14 @@ async fn post_event(
             "Idempotency-Key must be 1-256 characters",
         ));
     }
-    let (row, new) = ingest::accept(&state.pipeline.store, tenant_id, &event, key).await?;
+    let (row, new) = ingest::accept(
+        &state.pipeline.store,
+        tenant_id,
+        &event,
+        key,
+        &caller.key_id,
+    )
+    .await?;
     // Ids only: the body carries the customer's contact details.
     tracing::info!(
         tenant = tenant_id, event = %row.id, kind = event.kind.as_str(), duplicate = !new,
@@ -69,17 +76,6 @@ async fn post_event(
             "tidings_events_total",
             &[("tenant", tenant_id), ("kind", event.kind.as_str())],
         );
-        state
-            .pipeline
-            .audit(
-                &row,
-                None,
-                "ingest",
-                "received",
-                &caller.key_id,
-                json!({ "kind": event.kind, "event_id": event.id }),
-            )
-            .await?;
         state.wake.events.notify_one();
     }
     Ok((StatusCode::ACCEPTED, accepted(&row, !new)))

@@ -52,21 +52,9 @@ impl Store {
     /// Append an entry.
     pub async fn audit(&self, e: AuditEntry<'_>) -> Result<(), StoreError> {
         let turn = self.writing().await;
-        sqlx::query(
-            "INSERT INTO audit_log (tenant_id, order_id, event_id, message_id, stage, action, actor, detail, at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(e.tenant_id)
-        .bind(e.order_id)
-        .bind(e.event_id)
-        .bind(e.message_id)
-        .bind(e.stage)
-        .bind(e.action)
-        .bind(e.actor)
-        .bind(e.detail.to_string())
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
+        let mut conn = self.pool.acquire().await?;
+        insert_audit(&mut conn, &e, now_ms()).await?;
+        drop(conn);
         self.durable(turn).await?;
         Ok(())
     }
@@ -108,4 +96,28 @@ impl Store {
         .fetch_all(&self.pool)
         .await?)
     }
+}
+
+/// Append `e`, as of `at` (ms), on `conn` (a transaction's or the pool's).
+pub(super) async fn insert_audit(
+    conn: &mut sqlx::AnyConnection,
+    e: &AuditEntry<'_>,
+    at: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO audit_log (tenant_id, order_id, event_id, message_id, stage, action, actor, detail, at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(e.tenant_id)
+    .bind(e.order_id)
+    .bind(e.event_id)
+    .bind(e.message_id)
+    .bind(e.stage)
+    .bind(e.action)
+    .bind(e.actor)
+    .bind(e.detail.to_string())
+    .bind(at)
+    .execute(conn)
+    .await?;
+    Ok(())
 }

@@ -53,6 +53,20 @@ impl Store {
         .await?)
     }
 
+    /// [`Store::channel_settings`], as read at most [`super::CACHE_TTL`] ago.
+    pub async fn channel_settings_cached(
+        &self,
+        tenant_id: &str,
+    ) -> Result<Vec<(String, String, i64)>, StoreError> {
+        if let Some(rows) = self.cached.channels.get(tenant_id, "") {
+            return Ok(rows);
+        }
+        let read = std::time::Instant::now();
+        let rows = self.channel_settings(tenant_id).await?;
+        self.cached.channels.put(tenant_id, "", read, rows.clone());
+        Ok(rows)
+    }
+
     /// Set (or replace) a tenant's settings of one channel.
     pub async fn set_channel_settings(
         &self,
@@ -71,6 +85,7 @@ impl Store {
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
+        self.cached.forget(tenant_id);
         self.durable(turn).await?;
         Ok(())
     }
@@ -88,6 +103,7 @@ impl Store {
                 .bind(channel)
                 .execute(&self.pool)
                 .await?;
+        self.cached.forget(tenant_id);
         self.durable(turn).await?;
         Ok(done.rows_affected() > 0)
     }
@@ -124,22 +140,6 @@ impl Store {
         let detail = format!("{}: {reason}", m.channel);
         record_attempt(&mut tx, m, m.attempts + 1, now, "failed", &detail).await?;
         tx.commit().await?;
-        self.durable(turn).await?;
-        Ok(())
-    }
-
-    /// Remember the provider's id of a sent message.
-    pub async fn set_provider_id(
-        &self,
-        message_id: &str,
-        provider_id: &str,
-    ) -> Result<(), StoreError> {
-        let turn = self.writing().await;
-        sqlx::query("UPDATE messages SET provider_id = $1 WHERE id = $2")
-            .bind(provider_id)
-            .bind(message_id)
-            .execute(&self.pool)
-            .await?;
         self.durable(turn).await?;
         Ok(())
     }

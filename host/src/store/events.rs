@@ -3,7 +3,8 @@
 
 use sqlx::FromRow;
 
-use super::{Store, StoreError, new_id, now_ms};
+use super::audit::insert_audit;
+use super::{AuditEntry, Store, StoreError, new_id, now_ms};
 
 /// A stored event.
 #[derive(Debug, Clone, FromRow)]
@@ -52,37 +53,33 @@ pub struct NewEvent<'a> {
 const EVENT_COLUMNS: &str = "id, tenant_id, external_id, idempotency_key, order_id, kind, occurred_at, received_at, body, status";
 
 impl Store {
-    /// Store an event unless one with the same idempotency key exists.
+    /// Store an event unless one with the same idempotency key exists,
+    /// with its `ingest`/`received` audit entry by `actor` when it is new.
     /// Returns the stored event and whether it was new.
-    pub async fn insert_event(&self, new: &NewEvent<'_>) -> Result<(EventRow, bool), StoreError> {
+    pub async fn insert_event(
+        &self,
+        new: &NewEvent<'_>,
+        actor: &str,
+    ) -> Result<(EventRow, bool), StoreError> {
         let turn = self.writing().await;
-        let id = new_id("evt");
-        let inserted = sqlx::query(
-            "INSERT INTO events (id, tenant_id, external_id, idempotency_key, order_id, kind, occurred_at,
-                                 received_at, body, status)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'received')
-             ON CONFLICT (tenant_id, idempotency_key) DO NOTHING",
-        )
-        .bind(&id)
-        .bind(new.tenant_id)
-        .bind(new.external_id)
-        .bind(new.idempotency_key)
-        .bind(new.order_id)
-        .bind(new.kind)
-        .bind(new.occurred_at)
-        .bind(now_ms())
-        .bind(new.body)
-        .execute(&self.pool)
-        .await?
-        .rows_affected()
-            == 1;
-        let row: EventRow = sqlx::query_as(&format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = $1 AND idempotency_key = $2"
-        ))
-        .bind(new.tenant_id)
-        .bind(new.idempotency_key)
-        .fetch_one(&self.pool)
-        .await?;
+        let mut tx = self.begin_write().await?;
+        let now = now_ms();
+        let (row, inserted) = insert_event(&mut tx, new, &new_id("evt"), "received", now).await?;
+        if inserted {
+            let detail = serde_json::json!({ "kind": new.kind, "event_id": new.external_id });
+            let entry = AuditEntry {
+                tenant_id: new.tenant_id,
+                order_id: Some(new.order_id),
+                event_id: Some(&row.id),
+                message_id: None,
+                stage: "ingest",
+                action: "received",
+                actor,
+                detail,
+            };
+            insert_audit(&mut tx, &entry, now).await?;
+        }
+        tx.commit().await?;
         self.durable(turn).await?;
         Ok((row, inserted))
     }
@@ -174,4 +171,43 @@ impl Store {
         .fetch_all(&self.pool)
         .await?)
     }
+}
+
+/// Store an event as `id` with `status` on `conn` unless one with the same
+/// idempotency key exists. Returns the stored event and whether it is new.
+pub(super) async fn insert_event(
+    conn: &mut sqlx::AnyConnection,
+    new: &NewEvent<'_>,
+    id: &str,
+    status: &str,
+    received_at: i64,
+) -> Result<(EventRow, bool), StoreError> {
+    let inserted = sqlx::query(
+        "INSERT INTO events (id, tenant_id, external_id, idempotency_key, order_id, kind, occurred_at,
+                             received_at, body, status)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         ON CONFLICT (tenant_id, idempotency_key) DO NOTHING",
+    )
+    .bind(id)
+    .bind(new.tenant_id)
+    .bind(new.external_id)
+    .bind(new.idempotency_key)
+    .bind(new.order_id)
+    .bind(new.kind)
+    .bind(new.occurred_at)
+    .bind(received_at)
+    .bind(new.body)
+    .bind(status)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected()
+        == 1;
+    let row: EventRow = sqlx::query_as(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = $1 AND idempotency_key = $2"
+    ))
+    .bind(new.tenant_id)
+    .bind(new.idempotency_key)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok((row, inserted))
 }

@@ -199,55 +199,12 @@ impl PlatformTx {
         status: &str,
         received_at: i64,
     ) -> Result<(EventRow, bool), StoreError> {
-        let inserted = sqlx::query(
-            "INSERT INTO events (id, tenant_id, external_id, idempotency_key, order_id, kind, occurred_at,
-                                 received_at, body, status)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-             ON CONFLICT (tenant_id, idempotency_key) DO NOTHING",
-        )
-        .bind(id)
-        .bind(new.tenant_id)
-        .bind(new.external_id)
-        .bind(new.idempotency_key)
-        .bind(new.order_id)
-        .bind(new.kind)
-        .bind(new.occurred_at)
-        .bind(received_at)
-        .bind(new.body)
-        .bind(status)
-        .execute(&mut *self.tx)
-        .await?
-        .rows_affected()
-            == 1;
-        let row: EventRow = sqlx::query_as(
-            "SELECT id, tenant_id, external_id, idempotency_key, order_id, kind, occurred_at, received_at, body, status
-             FROM events WHERE tenant_id = $1 AND idempotency_key = $2",
-        )
-        .bind(new.tenant_id)
-        .bind(new.idempotency_key)
-        .fetch_one(&mut *self.tx)
-        .await?;
-        Ok((row, inserted))
+        super::events::insert_event(&mut self.tx, new, id, status, received_at).await
     }
 
     /// Append an audit entry, committed with the rest.
     pub async fn audit(&mut self, e: AuditEntry<'_>) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO audit_log (tenant_id, order_id, event_id, message_id, stage, action, actor, detail, at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(e.tenant_id)
-        .bind(e.order_id)
-        .bind(e.event_id)
-        .bind(e.message_id)
-        .bind(e.stage)
-        .bind(e.action)
-        .bind(e.actor)
-        .bind(e.detail.to_string())
-        .bind(now_ms())
-        .execute(&mut *self.tx)
-        .await?;
-        Ok(())
+        super::audit::insert_audit(&mut self.tx, &e, now_ms()).await
     }
 
     /// Keep a verified delivery about `order_id` until the order arrives.

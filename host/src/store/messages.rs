@@ -3,7 +3,7 @@
 
 use sqlx::FromRow;
 
-use super::{Store, StoreError, new_id, now_ms};
+use super::{NewDecision, Store, StoreError, new_id, now_ms};
 
 /// A message: one notification on its way, or the record of why it is not.
 #[derive(Debug, Clone, FromRow)]
@@ -200,43 +200,15 @@ pub struct NewEscalation<'a> {
 }
 
 impl Store {
-    /// Record a decision; returns its id.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn insert_decision(
-        &self,
-        id: &str,
-        tenant_id: &str,
-        event_id: &str,
-        plugin_id: &str,
-        plugin_name: &str,
-        plugin_version: &str,
-        outcome: &str,
-        detail: &str,
-        fuel: i64,
-        duration_us: i64,
-    ) -> Result<bool, StoreError> {
+    /// Record a decision unless one with its id exists; returns whether
+    /// it was recorded.
+    pub async fn insert_decision(&self, d: &NewDecision<'_>) -> Result<bool, StoreError> {
         let turn = self.writing().await;
-        let done = sqlx::query(
-            "INSERT INTO decisions (id, tenant_id, event_id, plugin_id, plugin_name, plugin_version, outcome, detail,
-                                    fuel, duration_us, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-             ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(id)
-        .bind(tenant_id)
-        .bind(event_id)
-        .bind(plugin_id)
-        .bind(plugin_name)
-        .bind(plugin_version)
-        .bind(outcome)
-        .bind(detail)
-        .bind(fuel)
-        .bind(duration_us)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
+        let mut conn = self.pool.acquire().await?;
+        let done = insert_decision(&mut conn, d).await?;
+        drop(conn);
         self.durable(turn).await?;
-        Ok(done.rows_affected() > 0)
+        Ok(done)
     }
 
     /// Create a message; returns its id.
@@ -265,38 +237,11 @@ impl Store {
         fallback_channels: &str,
     ) -> Result<bool, StoreError> {
         let turn = self.writing().await;
-        let now = now_ms();
-        let done = sqlx::query(
-            "INSERT INTO messages (id, tenant_id, event_id, decision_id, order_id, customer_id, channel, template,
-                                   locale, category, priority, dedupe_key, cancel_key, data, status, status_reason,
-                                   send_at, attempts, recipient, created_at, updated_at, fallback_channels)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, 0, $18, $19, $19, $20)
-             ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(id)
-        .bind(m.tenant_id)
-        .bind(m.event_id)
-        .bind(m.decision_id)
-        .bind(m.order_id)
-        .bind(m.customer_id)
-        .bind(&m.channel)
-        .bind(m.template)
-        .bind(m.locale)
-        .bind(&m.category)
-        .bind(&m.priority)
-        .bind(m.dedupe_key)
-        .bind(m.cancel_key)
-        .bind(&m.data)
-        .bind(m.status)
-        .bind(m.status_reason)
-        .bind(m.send_at)
-        .bind(&m.recipient)
-        .bind(now)
-        .bind(fallback_channels)
-        .execute(&self.pool)
-        .await?;
+        let mut conn = self.pool.acquire().await?;
+        let done = insert_message(&mut conn, id, m, fallback_channels).await?;
+        drop(conn);
         self.durable(turn).await?;
-        Ok(done.rows_affected() > 0)
+        Ok(done)
     }
 
     /// One message of a tenant.
@@ -432,25 +377,8 @@ impl Store {
         attempt: Option<(&str, &str)>,
     ) -> Result<(), StoreError> {
         let turn = self.writing().await;
-        let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        let attempts = m.attempts + i64::from(attempt.is_some());
-        sqlx::query(
-            "UPDATE messages SET status = $1, status_reason = $2, rendered = COALESCE($3, rendered), attempts = $4,
-                                 lease_owner = NULL, lease_until = NULL, updated_at = $5
-             WHERE id = $6",
-        )
-        .bind(status)
-        .bind(reason)
-        .bind(rendered)
-        .bind(attempts)
-        .bind(now)
-        .bind(&m.id)
-        .execute(&mut *tx)
-        .await?;
-        if let Some((outcome, detail)) = attempt {
-            record_attempt(&mut tx, m, attempts, now, outcome, detail).await?;
-        }
+        settle(&mut tx, m, status, reason, rendered, attempt).await?;
         tx.commit().await?;
         self.durable(turn).await?;
         Ok(())
@@ -666,5 +594,106 @@ pub(super) async fn record_attempt(
     .bind(detail)
     .execute(conn)
     .await?;
+    Ok(())
+}
+
+/// Record decision `d` on `conn` unless one with its id exists; returns
+/// whether it was recorded.
+pub(super) async fn insert_decision(
+    conn: &mut sqlx::AnyConnection,
+    d: &NewDecision<'_>,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "INSERT INTO decisions (id, tenant_id, event_id, plugin_id, plugin_name, plugin_version, outcome, detail,
+                                fuel, duration_us, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(d.id)
+    .bind(d.tenant_id)
+    .bind(d.event_id)
+    .bind(d.plugin_id)
+    .bind(d.plugin_name)
+    .bind(d.plugin_version)
+    .bind(d.outcome)
+    .bind(d.detail)
+    .bind(d.fuel)
+    .bind(d.duration_us)
+    .bind(now_ms())
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// Create message `id` on `conn` unless it exists; returns whether it was
+/// created.
+pub(super) async fn insert_message(
+    conn: &mut sqlx::AnyConnection,
+    id: &str,
+    m: &NewMessage<'_>,
+    fallback_channels: &str,
+) -> Result<bool, StoreError> {
+    let now = now_ms();
+    let done = sqlx::query(
+        "INSERT INTO messages (id, tenant_id, event_id, decision_id, order_id, customer_id, channel, template,
+                               locale, category, priority, dedupe_key, cancel_key, data, status, status_reason,
+                               send_at, attempts, recipient, created_at, updated_at, fallback_channels)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, 0, $18, $19, $19, $20)
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(id)
+    .bind(m.tenant_id)
+    .bind(m.event_id)
+    .bind(m.decision_id)
+    .bind(m.order_id)
+    .bind(m.customer_id)
+    .bind(&m.channel)
+    .bind(m.template)
+    .bind(m.locale)
+    .bind(&m.category)
+    .bind(&m.priority)
+    .bind(m.dedupe_key)
+    .bind(m.cancel_key)
+    .bind(&m.data)
+    .bind(m.status)
+    .bind(m.status_reason)
+    .bind(m.send_at)
+    .bind(&m.recipient)
+    .bind(now)
+    .bind(fallback_channels)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// Give `m` its final `status` (with `reason` and the `rendered` message)
+/// on `conn`, release its lease and record the delivery `attempt`
+/// (outcome, detail) if there was one.
+pub(super) async fn settle(
+    conn: &mut sqlx::AnyConnection,
+    m: &MessageRow,
+    status: &str,
+    reason: Option<&str>,
+    rendered: Option<&str>,
+    attempt: Option<(&str, &str)>,
+) -> Result<(), StoreError> {
+    let now = now_ms();
+    let attempts = m.attempts + i64::from(attempt.is_some());
+    sqlx::query(
+        "UPDATE messages SET status = $1, status_reason = $2, rendered = COALESCE($3, rendered), attempts = $4,
+                             lease_owner = NULL, lease_until = NULL, updated_at = $5
+         WHERE id = $6",
+    )
+    .bind(status)
+    .bind(reason)
+    .bind(rendered)
+    .bind(attempts)
+    .bind(now)
+    .bind(&m.id)
+    .execute(&mut *conn)
+    .await?;
+    if let Some((outcome, detail)) = attempt {
+        record_attempt(conn, m, attempts, now, outcome, detail).await?;
+    }
     Ok(())
 }

@@ -168,8 +168,20 @@ impl Store {
         .bind(row.created_at)
         .execute(&self.pool)
         .await?;
+        self.cached.forget(tenant_id);
         self.durable(turn).await?;
         Ok(row)
+    }
+
+    /// [`Store::installs`], as read at most [`super::CACHE_TTL`] ago.
+    pub async fn installs_cached(&self, tenant_id: &str) -> Result<Vec<InstallRow>, StoreError> {
+        if let Some(rows) = self.cached.installs.get(tenant_id, "") {
+            return Ok(rows);
+        }
+        let read = std::time::Instant::now();
+        let rows = self.installs(tenant_id).await?;
+        self.cached.installs.put(tenant_id, "", read, rows.clone());
+        Ok(rows)
     }
 
     /// A tenant's installs, oldest first.

@@ -95,6 +95,18 @@ impl Store {
             .await?)
     }
 
+    /// [`Store::tenant`], as read at most [`super::CACHE_TTL`] ago: for the
+    /// pipeline, which reads it for every event and message.
+    pub async fn tenant_cached(&self, id: &str) -> Result<Option<TenantRow>, StoreError> {
+        if let Some(row) = self.cached.tenants.get(id, "") {
+            return Ok(row);
+        }
+        let read = std::time::Instant::now();
+        let row = self.tenant(id).await?;
+        self.cached.tenants.put(id, "", read, row.clone());
+        Ok(row)
+    }
+
     /// Replace a tenant's settings document.
     pub async fn set_tenant_settings(
         &self,
@@ -107,6 +119,7 @@ impl Store {
             .bind(id)
             .execute(&self.pool)
             .await?;
+        self.cached.forget(id);
         self.durable(turn).await?;
         Ok(())
     }
@@ -173,6 +186,7 @@ impl Store {
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
+        self.cached.forget(tenant_id);
         self.durable(turn).await?;
         Ok(())
     }
@@ -186,6 +200,25 @@ impl Store {
         .bind(tenant_id)
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    /// [`Store::templates_for`], as read at most [`super::CACHE_TTL`] ago.
+    pub async fn templates_for_cached(
+        &self,
+        tenant_id: &str,
+        name: &str,
+        channel: &str,
+    ) -> Result<Vec<TemplateRow>, StoreError> {
+        let key = format!("{name}\u{1f}{channel}");
+        if let Some(rows) = self.cached.templates.get(tenant_id, &key) {
+            return Ok(rows);
+        }
+        let read = std::time::Instant::now();
+        let rows = self.templates_for(tenant_id, name, channel).await?;
+        self.cached
+            .templates
+            .put(tenant_id, &key, read, rows.clone());
+        Ok(rows)
     }
 
     /// Every locale of `name` on `channel`, plus the email layouts: what one render may need.

@@ -1,0 +1,370 @@
+//! Writes that commit together: what the pipeline stores about one event
+//! (its decisions, messages, audit entries and the event's new status), or
+//! what delivery stores about one message, in one transaction and one
+//! flush instead of one each.
+
+use super::audit::insert_audit;
+use super::messages::{insert_decision, insert_message, settle};
+use super::{AuditEntry, MessageRow, NewMessage, Store, StoreError, now_ms};
+
+/// A decision to record.
+#[derive(Debug, Clone)]
+pub struct NewDecision<'a> {
+    /// Decision id (derived from the event and the plugin).
+    pub id: &'a str,
+    /// Tenant.
+    pub tenant_id: &'a str,
+    /// Event.
+    pub event_id: &'a str,
+    /// The installed plugin's stored id.
+    pub plugin_id: &'a str,
+    /// Its name.
+    pub plugin_name: &'a str,
+    /// Its version.
+    pub plugin_version: &'a str,
+    /// `actions`, `rule_error` or `fault`.
+    pub outcome: &'a str,
+    /// Details, JSON.
+    pub detail: &'a str,
+    /// Fuel used.
+    pub fuel: i64,
+    /// Wall time, µs.
+    pub duration_us: i64,
+}
+
+/// Writes gathered while a step runs, stored by [`Store::commit`].
+#[derive(Debug, Default)]
+pub struct Writes {
+    steps: Vec<Step>,
+    finish: Option<(String, &'static str)>,
+}
+
+#[derive(Debug)]
+enum Step {
+    Audit(OwnedAudit),
+    Decision(OwnedDecision),
+    /// A message and the audit entry that goes with it, written only if
+    /// the message is new.
+    Message {
+        id: String,
+        message: OwnedMessage,
+        fallbacks: String,
+        audit: OwnedAudit,
+    },
+    /// A message handed to its transport.
+    Sent {
+        message: Box<MessageRow>,
+        rendered: String,
+        transport_id: String,
+        provider_id: Option<String>,
+    },
+}
+
+/// What [`Store::commit`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Committed {
+    /// Everything was stored.
+    Stored,
+    /// The event was no longer waiting to be processed (another worker
+    /// finished it after this one's lease ran out): nothing was stored.
+    AlreadyFinished,
+}
+
+impl Writes {
+    /// Nothing to write?
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty() && self.finish.is_none()
+    }
+
+    /// Append an audit entry.
+    pub fn audit(&mut self, e: AuditEntry<'_>) {
+        self.steps.push(Step::Audit(OwnedAudit::from(e)));
+    }
+
+    /// Record a decision (unless one with its id exists).
+    pub fn decision(&mut self, d: &NewDecision<'_>) {
+        self.steps.push(Step::Decision(OwnedDecision::from(d)));
+    }
+
+    /// Create the message `id` with its fallback channels (a JSON list)
+    /// unless it exists, and append `audit` if it was created.
+    pub fn message(
+        &mut self,
+        id: &str,
+        m: &NewMessage<'_>,
+        fallbacks: &str,
+        audit: AuditEntry<'_>,
+    ) {
+        self.steps.push(Step::Message {
+            id: id.to_owned(),
+            message: OwnedMessage::from(m),
+            fallbacks: fallbacks.to_owned(),
+            audit: OwnedAudit::from(audit),
+        });
+    }
+
+    /// Settle the leased message `m` as `sent`: with its rendering, the
+    /// transport's receipt and the provider's id for status callbacks.
+    pub fn sent(
+        &mut self,
+        m: &MessageRow,
+        rendered: &str,
+        transport_id: &str,
+        provider_id: Option<&str>,
+    ) {
+        self.steps.push(Step::Sent {
+            message: Box::new(m.clone()),
+            rendered: rendered.to_owned(),
+            transport_id: transport_id.to_owned(),
+            provider_id: provider_id.map(str::to_owned),
+        });
+    }
+
+    /// Mark the event `id` `status` (`processed`, `failed`) and release its
+    /// lease, last; if it is not waiting to be processed any more, nothing
+    /// of these writes is stored.
+    pub fn finish_event(&mut self, id: &str, status: &'static str) {
+        self.finish = Some((id.to_owned(), status));
+    }
+
+    /// The messages these writes would create, as (customer, category).
+    pub fn pending_messages(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.steps.iter().filter_map(|s| match s {
+            Step::Message { message, .. } => {
+                Some((message.customer_id.as_str(), message.category.as_str()))
+            }
+            _ => None,
+        })
+    }
+}
+
+impl Store {
+    /// Store `writes` in one transaction, durably.
+    pub async fn commit(&self, writes: Writes) -> Result<Committed, StoreError> {
+        if writes.is_empty() {
+            return Ok(Committed::Stored);
+        }
+        let turn = self.writing().await;
+        let mut tx = self.begin_write().await?;
+        for step in &writes.steps {
+            match step {
+                Step::Audit(a) => {
+                    let (entry, at) = a.view();
+                    insert_audit(&mut tx, &entry, at).await?;
+                }
+                Step::Decision(d) => {
+                    insert_decision(&mut tx, &d.view()).await?;
+                }
+                Step::Message {
+                    id,
+                    message,
+                    fallbacks,
+                    audit,
+                } => {
+                    if insert_message(&mut tx, id, &message.view(), fallbacks).await? {
+                        let (entry, at) = audit.view();
+                        insert_audit(&mut tx, &entry, at).await?;
+                    }
+                }
+                Step::Sent {
+                    message,
+                    rendered,
+                    transport_id,
+                    provider_id,
+                } => {
+                    if let Some(provider_id) = provider_id {
+                        sqlx::query("UPDATE messages SET provider_id = $1 WHERE id = $2")
+                            .bind(provider_id)
+                            .bind(&message.id)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    let attempt = Some(("sent", transport_id.as_str()));
+                    settle(&mut tx, message, "sent", None, Some(rendered), attempt).await?;
+                }
+            }
+        }
+        if let Some((id, status)) = &writes.finish {
+            let done = sqlx::query(
+                "UPDATE events SET status = $1, lease_until = NULL WHERE id = $2 AND status = 'received'",
+            )
+            .bind(*status)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 0 {
+                tx.rollback().await?;
+                drop(turn);
+                return Ok(Committed::AlreadyFinished);
+            }
+        }
+        tx.commit().await?;
+        self.durable(turn).await?;
+        Ok(Committed::Stored)
+    }
+}
+
+#[derive(Debug)]
+struct OwnedAudit {
+    tenant_id: String,
+    order_id: Option<String>,
+    event_id: Option<String>,
+    message_id: Option<String>,
+    stage: String,
+    action: String,
+    actor: String,
+    detail: serde_json::Value,
+    at: i64,
+}
+
+impl From<AuditEntry<'_>> for OwnedAudit {
+    fn from(e: AuditEntry<'_>) -> Self {
+        Self {
+            tenant_id: e.tenant_id.to_owned(),
+            order_id: e.order_id.map(str::to_owned),
+            event_id: e.event_id.map(str::to_owned),
+            message_id: e.message_id.map(str::to_owned),
+            stage: e.stage.to_owned(),
+            action: e.action.to_owned(),
+            actor: e.actor.to_owned(),
+            detail: e.detail,
+            // When it happened, not when it was committed.
+            at: now_ms(),
+        }
+    }
+}
+
+impl OwnedAudit {
+    fn view(&self) -> (AuditEntry<'_>, i64) {
+        (
+            AuditEntry {
+                tenant_id: &self.tenant_id,
+                order_id: self.order_id.as_deref(),
+                event_id: self.event_id.as_deref(),
+                message_id: self.message_id.as_deref(),
+                stage: &self.stage,
+                action: &self.action,
+                actor: &self.actor,
+                detail: self.detail.clone(),
+            },
+            self.at,
+        )
+    }
+}
+
+#[derive(Debug)]
+struct OwnedDecision {
+    id: String,
+    tenant_id: String,
+    event_id: String,
+    plugin_id: String,
+    plugin_name: String,
+    plugin_version: String,
+    outcome: String,
+    detail: String,
+    fuel: i64,
+    duration_us: i64,
+}
+
+impl From<&NewDecision<'_>> for OwnedDecision {
+    fn from(d: &NewDecision<'_>) -> Self {
+        Self {
+            id: d.id.to_owned(),
+            tenant_id: d.tenant_id.to_owned(),
+            event_id: d.event_id.to_owned(),
+            plugin_id: d.plugin_id.to_owned(),
+            plugin_name: d.plugin_name.to_owned(),
+            plugin_version: d.plugin_version.to_owned(),
+            outcome: d.outcome.to_owned(),
+            detail: d.detail.to_owned(),
+            fuel: d.fuel,
+            duration_us: d.duration_us,
+        }
+    }
+}
+
+impl OwnedDecision {
+    fn view(&self) -> NewDecision<'_> {
+        NewDecision {
+            id: &self.id,
+            tenant_id: &self.tenant_id,
+            event_id: &self.event_id,
+            plugin_id: &self.plugin_id,
+            plugin_name: &self.plugin_name,
+            plugin_version: &self.plugin_version,
+            outcome: &self.outcome,
+            detail: &self.detail,
+            fuel: self.fuel,
+            duration_us: self.duration_us,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct OwnedMessage {
+    tenant_id: String,
+    event_id: String,
+    decision_id: String,
+    order_id: String,
+    customer_id: String,
+    channel: String,
+    template: String,
+    locale: Option<String>,
+    category: String,
+    priority: String,
+    dedupe_key: Option<String>,
+    cancel_key: Option<String>,
+    data: String,
+    status: String,
+    status_reason: Option<String>,
+    send_at: i64,
+    recipient: Option<String>,
+}
+
+impl From<&NewMessage<'_>> for OwnedMessage {
+    fn from(m: &NewMessage<'_>) -> Self {
+        Self {
+            tenant_id: m.tenant_id.to_owned(),
+            event_id: m.event_id.to_owned(),
+            decision_id: m.decision_id.to_owned(),
+            order_id: m.order_id.to_owned(),
+            customer_id: m.customer_id.to_owned(),
+            channel: m.channel.clone(),
+            template: m.template.to_owned(),
+            locale: m.locale.map(str::to_owned),
+            category: m.category.clone(),
+            priority: m.priority.clone(),
+            dedupe_key: m.dedupe_key.map(str::to_owned),
+            cancel_key: m.cancel_key.map(str::to_owned),
+            data: m.data.clone(),
+            status: m.status.to_owned(),
+            status_reason: m.status_reason.map(str::to_owned),
+            send_at: m.send_at,
+            recipient: m.recipient.clone(),
+        }
+    }
+}
+
+impl OwnedMessage {
+    fn view(&self) -> NewMessage<'_> {
+        NewMessage {
+            tenant_id: &self.tenant_id,
+            event_id: &self.event_id,
+            decision_id: &self.decision_id,
+            order_id: &self.order_id,
+            customer_id: &self.customer_id,
+            channel: self.channel.clone(),
+            template: &self.template,
+            locale: self.locale.as_deref(),
+            category: self.category.clone(),
+            priority: self.priority.clone(),
+            dedupe_key: self.dedupe_key.as_deref(),
+            cancel_key: self.cancel_key.as_deref(),
+            data: self.data.clone(),
+            status: &self.status,
+            status_reason: self.status_reason.as_deref(),
+            send_at: self.send_at,
+            recipient: self.recipient.clone(),
+        }
+    }
+}
