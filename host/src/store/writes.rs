@@ -47,7 +47,7 @@ enum Step {
     /// the message is new.
     Message {
         id: String,
-        message: OwnedMessage,
+        message: Box<OwnedMessage>,
         fallbacks: String,
         audit: OwnedAudit,
     },
@@ -97,7 +97,7 @@ impl Writes {
     ) {
         self.steps.push(Step::Message {
             id: id.to_owned(),
-            message: OwnedMessage::from(m),
+            message: Box::new(OwnedMessage::from(m)),
             fallbacks: fallbacks.to_owned(),
             audit: OwnedAudit::from(audit),
         });
