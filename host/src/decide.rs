@@ -310,6 +310,26 @@ impl Runtime {
         }
         let sha256 = hex::encode(Sha256::digest(bytes));
         let component = self.cache.get_or_compile(&sha256, bytes)?;
+        self.link(component, sha256, bytes.len())
+    }
+
+    /// Load a stored plugin from the compiled-component cache (memory or
+    /// `cache_dir`) by the sha256 and size recorded when it was uploaded,
+    /// without reading or hashing its bytes; `None` when it has not been
+    /// compiled there (then [`Runtime::load`] its bytes).
+    pub fn load_compiled(&self, sha256: &str, size: usize) -> Result<Option<Plugin>, LoadError> {
+        let limit = self.engine_limits.component_bytes;
+        if size > limit {
+            return Err(LoadError::TooLarge { size, limit });
+        }
+        match self.cache.get(sha256) {
+            Some(component) => self.link(component, sha256.to_owned(), size).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Check `component`'s contract, link it and ask it to describe itself.
+    fn link(&self, component: Component, sha256: String, size: usize) -> Result<Plugin, LoadError> {
         let contract = self.contract_version(&component)?;
         let instance_pre = self
             .linker
@@ -333,7 +353,7 @@ impl Runtime {
             inner: Arc::new(PluginInner {
                 id,
                 info,
-                size: bytes.len(),
+                size,
                 contract,
                 pre,
                 decide,

@@ -143,16 +143,34 @@ impl Pipeline {
             id: id.to_owned(),
             message,
         };
-        let bytes = self
+        let (sha256, size) = self
             .store
-            .plugin_component(id)
+            .plugin_digest(id)
             .await?
             .ok_or_else(|| unavailable("not stored".into()))?;
+        // Compiled before (at upload, or by another process sharing the
+        // cache directory): linked from the artifact, bytes left unread.
         let runtime = self.runtime.clone();
-        let plugin = tokio::task::spawn_blocking(move || runtime.load(&bytes))
+        let size = usize::try_from(size).unwrap_or(usize::MAX);
+        let compiled = tokio::task::spawn_blocking(move || runtime.load_compiled(&sha256, size))
             .await
             .map_err(|e| unavailable(e.to_string()))?
             .map_err(|e| unavailable(e.to_string()))?;
+        let plugin = match compiled {
+            Some(plugin) => plugin,
+            None => {
+                let bytes = self
+                    .store
+                    .plugin_component(id)
+                    .await?
+                    .ok_or_else(|| unavailable("not stored".into()))?;
+                let runtime = self.runtime.clone();
+                tokio::task::spawn_blocking(move || runtime.load(&bytes))
+                    .await
+                    .map_err(|e| unavailable(e.to_string()))?
+                    .map_err(|e| unavailable(e.to_string()))?
+            }
+        };
         self.plugins
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 use crate::dispatch::{Outbound, Transport};
 use crate::pipeline::{Pipeline, PipelineError, parse_enum};
 use crate::render::{self, Rendered, TemplateParts, TemplateSet};
-use crate::store::{AuditEntry, MessageRow, Writes};
+use crate::store::{AuditEntry, LeaseRoom, MessageRow, Writes};
 
 /// How long a worker owns a leased job before others may take it, unless
 /// the service is configured otherwise (`--lease-secs`).
@@ -110,27 +110,48 @@ pub const CONCURRENCY: usize = 32;
 pub const PER_DESTINATION: usize = 8;
 
 /// Runs the message worker until the process stops: leases due messages
-/// while it has free slots and delivers them concurrently.
+/// while it has free slots, no more for one destination (tenant and
+/// channel) than [`PER_DESTINATION`] at a time, and delivers them
+/// concurrently.
 pub async fn run_message_worker(
     pipeline: Pipeline,
     transport: Arc<dyn Transport>,
     wake: Arc<Wakeups>,
     owner: String,
 ) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
-    let busy: Arc<std::sync::Mutex<HashMap<String, usize>>> = Arc::default();
+    // Messages in flight by destination; only this loop adds to it.
+    let busy: Arc<std::sync::Mutex<HashMap<(String, String), usize>>> = Arc::default();
     let mut tasks = tokio::task::JoinSet::new();
     loop {
         while tasks.try_join_next().is_some() {}
-        let free = slots.available_permits();
+        let free = CONCURRENCY.saturating_sub(tasks.len());
         if free == 0 {
             let _ = tasks.join_next().await;
             continue;
         }
+        let in_flight: Vec<(String, String, i64)> = busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, count)| **count > 0)
+            .map(|((tenant, channel), count)| {
+                let room = PER_DESTINATION.saturating_sub(*count) as i64;
+                (tenant.clone(), channel.clone(), room)
+            })
+            .collect();
+        let busy_rooms: Vec<(&str, &str, i64)> = in_flight
+            .iter()
+            .map(|(t, c, r)| (t.as_str(), c.as_str(), *r))
+            .collect();
+        let room = LeaseRoom {
+            limit: free as i64,
+            per_destination: PER_DESTINATION as i64,
+            busy: &busy_rooms,
+        };
         let now = pipeline.now().as_millisecond();
         let leased = pipeline
             .store
-            .lease_due_messages(&owner, now, free as i64, pipeline.lease_ms())
+            .lease_messages(&owner, now, pipeline.lease_ms(), &room)
             .await;
         let leased = match leased {
             Ok(leased) => leased,
@@ -141,33 +162,21 @@ pub async fn run_message_worker(
             }
         };
         if leased.is_empty() {
-            let _ = tokio::time::timeout(POLL, wake.messages.notified()).await;
+            // Nothing due that has room: wait for new work, or for a
+            // delivery to finish and make room.
+            tokio::select! {
+                _ = tasks.join_next(), if !tasks.is_empty() => {}
+                _ = tokio::time::timeout(POLL, wake.messages.notified()) => {}
+            }
             continue;
         }
         for m in leased {
-            let destination = format!("{}/{}", m.tenant_id, m.channel);
-            let taken = {
-                let mut busy = busy.lock().unwrap_or_else(|e| e.into_inner());
-                let count = busy.entry(destination.clone()).or_default();
-                if *count >= PER_DESTINATION {
-                    false
-                } else {
-                    *count += 1;
-                    true
-                }
-            };
-            if !taken {
-                // Its destination is saturated: back in the queue for a
-                // moment rather than holding a slot.
-                let later = now + POLL.as_millis() as i64 * 4;
-                if let Err(err) = pipeline.store.release_message(&m.id, later).await {
-                    tracing::error!(message = %m.id, error = %err, "cannot release a message");
-                }
-                continue;
-            }
-            let Ok(permit) = slots.clone().acquire_owned().await else {
-                return;
-            };
+            let destination = (m.tenant_id.clone(), m.channel.clone());
+            *busy
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(destination.clone())
+                .or_default() += 1;
             let (pipeline, transport, busy) = (pipeline.clone(), transport.clone(), busy.clone());
             tasks.spawn(async move {
                 if let Err(err) = deliver(&pipeline, transport.as_ref(), &m).await {
@@ -176,8 +185,10 @@ pub async fn run_message_worker(
                 let mut busy = busy.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some(count) = busy.get_mut(&destination) {
                     *count = count.saturating_sub(1);
+                    if *count == 0 {
+                        busy.remove(&destination);
+                    }
                 }
-                drop(permit);
             });
         }
     }

@@ -34,7 +34,8 @@ pub use escalations::{EscalationFilter, NoteRow};
 pub use events::{EventRow, NewEvent};
 pub use integrations::PlatformOrderRow;
 pub use messages::{
-    AttemptRow, DecisionRow, EscalationRow, MessageFilter, MessageRow, NewEscalation, NewMessage,
+    AttemptRow, DecisionRow, EscalationRow, LeaseRoom, MessageFilter, MessageRow, NewEscalation,
+    NewMessage,
 };
 pub use plugins::{InstallRow, PluginRow};
 pub use tenants::{ApiKeyRow, TemplateRow, TenantRow};
@@ -72,6 +73,9 @@ pub enum StoreError {
     /// Any other database error.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The transaction that also held these writes failed.
+    #[error("storing writes failed: {0}")]
+    Batch(String),
     /// Flushing committed transactions to disk failed.
     #[error("syncing the database to disk failed: {0}")]
     Sync(std::io::Error),
@@ -100,6 +104,8 @@ pub struct Store {
     writer: Option<Arc<tokio::sync::Mutex<()>>>,
     /// What the pipeline reads for every event and message.
     cached: Arc<Cached>,
+    /// SQLite: writes to store together at the next write turn.
+    pending: Option<Arc<std::sync::Mutex<writes::Pending>>>,
 }
 
 /// Short-lived copies of per-tenant rows (see [`cache`]).
@@ -208,6 +214,9 @@ impl Store {
                 let options = AnyConnectOptions::from_str(&url)?.disable_statement_logging();
                 AnyPoolOptions::new()
                     .max_connections(8)
+                    // A local file's connections do not go stale; pinging
+                    // each one before use was a thread round trip per query.
+                    .test_before_acquire(false)
                     .after_connect(move |conn, _| {
                         Box::pin(async move {
                             // WAL lets readers proceed during a write. A commit
@@ -264,6 +273,10 @@ impl Store {
             wal,
             writer,
             cached: Arc::default(),
+            pending: match backend {
+                Backend::Sqlite => Some(Arc::default()),
+                Backend::Postgres => None,
+            },
         };
         store.migrate().await?;
         store.durable(None).await?;

@@ -64,6 +64,17 @@ impl ArtifactCache {
         Ok(component)
     }
 
+    /// The compiled component whose source has hex sha256 `sha256`, if it
+    /// is in memory or on disk; never compiles.
+    pub fn get(&self, sha256: &str) -> Option<Component> {
+        if let Some(component) = self.lock().get(sha256) {
+            return Some(component.clone());
+        }
+        let component = self.read_disk(sha256)?;
+        self.lock().insert(sha256.to_owned(), component.clone());
+        Some(component)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Component>> {
         self.memory.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -73,9 +84,16 @@ impl ArtifactCache {
         Some(dir.join(format!("{sha256}-{}.cwasm", self.engine_hash)))
     }
 
+    #[allow(unsafe_code)]
     fn read_disk(&self, sha256: &str) -> Option<Component> {
-        let artifact = std::fs::read(self.path(sha256)?).ok()?;
-        match self.deserialize(&artifact) {
+        let path = self.path(sha256)?;
+        if !path.exists() {
+            return None;
+        }
+        // SAFETY: as in `deserialize`; the file is mapped rather than read,
+        // and this host only ever replaces an artifact by renaming a new
+        // file over it, so a mapped file is never modified.
+        match unsafe { Component::deserialize_file(&self.engine, &path) } {
             Ok(component) => Some(component),
             Err(err) => {
                 tracing::warn!(%sha256, error = %err, "ignoring unusable cached artifact");

@@ -66,6 +66,20 @@ impl<V: Clone> TenantCache<V> {
         copies.keys.insert(key.to_owned(), (read, value));
     }
 
+    /// The fresh copy of `tenant`'s `key`, or what `read` reads (kept).
+    pub(super) async fn get_or_read<E, F>(&self, tenant: &str, key: &str, read: F) -> Result<V, E>
+    where
+        F: Future<Output = Result<V, E>>,
+    {
+        if let Some(value) = self.get(tenant, key) {
+            return Ok(value);
+        }
+        let at = Instant::now();
+        let value = read.await?;
+        self.put(tenant, key, at, value.clone());
+        Ok(value)
+    }
+
     /// Forget every copy of `tenant`'s (it has just been written).
     pub(super) fn forget(&self, tenant: &str) {
         let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());

@@ -58,13 +58,8 @@ impl Store {
         &self,
         tenant_id: &str,
     ) -> Result<Vec<(String, String, i64)>, StoreError> {
-        if let Some(rows) = self.cached.channels.get(tenant_id, "") {
-            return Ok(rows);
-        }
-        let read = std::time::Instant::now();
-        let rows = self.channel_settings(tenant_id).await?;
-        self.cached.channels.put(tenant_id, "", read, rows.clone());
-        Ok(rows)
+        let read = self.channel_settings(tenant_id);
+        self.cached.channels.get_or_read(tenant_id, "", read).await
     }
 
     /// Set (or replace) a tenant's settings of one channel.
@@ -191,22 +186,5 @@ impl Store {
         tx.commit().await?;
         self.durable(turn).await?;
         Ok(changed)
-    }
-}
-
-impl Store {
-    /// Give a leased message back untouched, due again at `at` (ms).
-    pub async fn release_message(&self, message_id: &str, at: i64) -> Result<(), StoreError> {
-        let turn = self.writing().await;
-        sqlx::query(
-            "UPDATE messages SET status = 'scheduled', send_at = $1, lease_owner = NULL, lease_until = NULL
-             WHERE id = $2 AND status = 'sending'",
-        )
-        .bind(at)
-        .bind(message_id)
-        .execute(&self.pool)
-        .await?;
-        self.durable(turn).await?;
-        Ok(())
     }
 }

@@ -413,34 +413,7 @@ async fn insert_notice(
     m: &NewMessage<'_>,
 ) -> Result<String, StoreError> {
     let id = new_id("msg");
-    let now = now_ms();
-    sqlx::query(
-        "INSERT INTO messages (id, tenant_id, event_id, decision_id, order_id, customer_id, channel, template,
-                               locale, category, priority, dedupe_key, cancel_key, data, status, status_reason,
-                               send_at, attempts, recipient, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, 0, $18, $19, $19)",
-    )
-    .bind(&id)
-    .bind(m.tenant_id)
-    .bind(m.event_id)
-    .bind(m.decision_id)
-    .bind(m.order_id)
-    .bind(m.customer_id)
-    .bind(&m.channel)
-    .bind(m.template)
-    .bind(m.locale)
-    .bind(&m.category)
-    .bind(&m.priority)
-    .bind(m.dedupe_key)
-    .bind(m.cancel_key)
-    .bind(&m.data)
-    .bind(m.status)
-    .bind(m.status_reason)
-    .bind(m.send_at)
-    .bind(&m.recipient)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
+    super::messages::insert_message(tx, &id, m, "[]").await?;
     Ok(id)
 }
 

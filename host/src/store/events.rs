@@ -3,8 +3,7 @@
 
 use sqlx::FromRow;
 
-use super::audit::insert_audit;
-use super::{AuditEntry, Store, StoreError, new_id, now_ms};
+use super::{Store, StoreError, now_ms};
 
 /// A stored event.
 #[derive(Debug, Clone, FromRow)]
@@ -61,27 +60,9 @@ impl Store {
         new: &NewEvent<'_>,
         actor: &str,
     ) -> Result<(EventRow, bool), StoreError> {
-        let turn = self.writing().await;
-        let mut tx = self.begin_write().await?;
-        let now = now_ms();
-        let (row, inserted) = insert_event(&mut tx, new, &new_id("evt"), "received", now).await?;
-        if inserted {
-            let detail = serde_json::json!({ "kind": new.kind, "event_id": new.external_id });
-            let entry = AuditEntry {
-                tenant_id: new.tenant_id,
-                order_id: Some(new.order_id),
-                event_id: Some(&row.id),
-                message_id: None,
-                stage: "ingest",
-                action: "received",
-                actor,
-                detail,
-            };
-            insert_audit(&mut tx, &entry, now).await?;
-        }
-        tx.commit().await?;
-        self.durable(turn).await?;
-        Ok((row, inserted))
+        let mut writes = super::Writes::default();
+        writes.event(new, actor);
+        self.commit_event(writes).await
     }
 
     /// Lease up to `limit` events waiting to be processed (or whose lease

@@ -199,49 +199,32 @@ pub struct NewEscalation<'a> {
     pub expires_at: Option<i64>,
 }
 
-impl Store {
-    /// Record a decision unless one with its id exists; returns whether
-    /// it was recorded.
-    pub async fn insert_decision(&self, d: &NewDecision<'_>) -> Result<bool, StoreError> {
-        let turn = self.writing().await;
-        let mut conn = self.pool.acquire().await?;
-        let done = insert_decision(&mut conn, d).await?;
-        drop(conn);
-        self.durable(turn).await?;
-        Ok(done)
-    }
+/// How many messages [`Store::lease_messages`] may take.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseRoom<'a> {
+    /// In all.
+    pub limit: i64,
+    /// Per destination (tenant and channel) with nothing in flight.
+    pub per_destination: i64,
+    /// Destinations with messages in flight, as (tenant, channel, how many
+    /// more it may take): 0 or less leases none of its messages.
+    pub busy: &'a [(&'a str, &'a str, i64)],
+}
 
+/// The oldest due messages a lease looks at, at least (four times its
+/// limit otherwise): it takes from them what the destinations' room allows.
+const LEASE_CANDIDATES: i64 = 64;
+
+impl Store {
     /// Create a message; returns its id.
     pub async fn insert_message(&self, m: &NewMessage<'_>) -> Result<String, StoreError> {
-        self.insert_message_with_fallbacks(m, "[]").await
-    }
-
-    /// Create a message with the channels to fall back to (a JSON list) if
-    /// its channel fails for good; returns its id.
-    pub async fn insert_message_with_fallbacks(
-        &self,
-        m: &NewMessage<'_>,
-        fallback_channels: &str,
-    ) -> Result<String, StoreError> {
         let id = new_id("msg");
-        self.insert_message_as(&id, m, fallback_channels).await?;
-        Ok(id)
-    }
-
-    /// Create the message `id` unless it exists (a decision applied again
-    /// after a crash); returns whether it was created.
-    pub async fn insert_message_as(
-        &self,
-        id: &str,
-        m: &NewMessage<'_>,
-        fallback_channels: &str,
-    ) -> Result<bool, StoreError> {
         let turn = self.writing().await;
         let mut conn = self.pool.acquire().await?;
-        let done = insert_message(&mut conn, id, m, fallback_channels).await?;
+        insert_message(&mut conn, &id, m, "[]").await?;
         drop(conn);
         self.durable(turn).await?;
-        Ok(done)
+        Ok(id)
     }
 
     /// One message of a tenant.
@@ -336,8 +319,9 @@ impl Store {
         Ok(count)
     }
 
-    /// Lease due messages for `owner` for `lease_ms`: scheduled ones whose time
-    /// has come, and `sending` ones whose lease expired (a worker died).
+    /// Lease up to `limit` due messages for `owner` for `lease_ms`:
+    /// scheduled ones whose time has come, and `sending` ones whose lease
+    /// expired (a worker died).
     pub async fn lease_due_messages(
         &self,
         owner: &str,
@@ -345,23 +329,90 @@ impl Store {
         limit: i64,
         lease_ms: i64,
     ) -> Result<Vec<MessageRow>, StoreError> {
-        let turn = self.writing().await;
+        let room = LeaseRoom {
+            limit,
+            per_destination: limit,
+            busy: &[],
+        };
+        self.lease_messages(owner, now, lease_ms, &room).await
+    }
+
+    /// Lease due messages as [`Store::lease_due_messages`] does, but only
+    /// as many as `room` leaves for each destination (tenant and channel),
+    /// oldest first: a destination with no room left is not leased from at
+    /// all, so its backlog waits in the table rather than in a worker.
+    pub async fn lease_messages(
+        &self,
+        owner: &str,
+        now: i64,
+        lease_ms: i64,
+        room: &LeaseRoom<'_>,
+    ) -> Result<Vec<MessageRow>, StoreError> {
+        // $1 owner, $2 lease end, $3 now, $4 limit, $5 per destination,
+        // $6 candidates; then (tenant, channel) pairs of the full
+        // destinations, then (tenant, channel, room) of the others.
+        let mut next = 7;
+        let mut param = || {
+            next += 1;
+            format!("${}", next - 1)
+        };
+        let (full, partial): (Vec<_>, Vec<_>) = room.busy.iter().partition(|(_, _, r)| *r <= 0);
+        let excluded: String = full
+            .iter()
+            .map(|_| {
+                format!(
+                    " AND NOT (tenant_id = {} AND channel = {})",
+                    param(),
+                    param()
+                )
+            })
+            .collect();
+        let room_of = if partial.is_empty() {
+            "$5".to_owned()
+        } else {
+            let whens: String = partial
+                .iter()
+                .map(|_| {
+                    format!(
+                        " WHEN tenant_id = {} AND channel = {} THEN {}",
+                        param(),
+                        param(),
+                        param()
+                    )
+                })
+                .collect();
+            format!("CASE{whens} ELSE $5 END")
+        };
         let query = format!(
-            "UPDATE messages SET status = 'sending', lease_owner = $1, lease_until = $2, updated_at = $3
-             WHERE id IN (SELECT id FROM messages
-                          WHERE (status = 'scheduled' AND send_at <= $3)
-                             OR (status = 'sending' AND lease_until < $3)
-                          ORDER BY send_at LIMIT $4 {})
+            "WITH candidates AS (
+                 SELECT id, tenant_id, channel, send_at FROM messages
+                 WHERE ((status = 'scheduled' AND send_at <= $3) OR (status = 'sending' AND lease_until < $3)){excluded}
+                 ORDER BY send_at LIMIT $6 {skip_locked}
+             ), ranked AS (
+                 SELECT id, send_at, {room_of} AS room,
+                        ROW_NUMBER() OVER (PARTITION BY tenant_id, channel ORDER BY send_at, id) AS n
+                 FROM candidates
+             )
+             UPDATE messages SET status = 'sending', lease_owner = $1, lease_until = $2, updated_at = $3
+             WHERE id IN (SELECT id FROM ranked WHERE n <= room ORDER BY send_at LIMIT $4)
              RETURNING {MESSAGE_COLUMNS}",
-            self.skip_locked()
+            skip_locked = self.skip_locked()
         );
-        let rows = sqlx::query_as(&query)
+        let mut q = sqlx::query_as(&query)
             .bind(owner)
             .bind(now + lease_ms)
             .bind(now)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
+            .bind(room.limit)
+            .bind(room.per_destination)
+            .bind(room.limit.saturating_mul(4).max(LEASE_CANDIDATES));
+        for (tenant, channel, _) in &full {
+            q = q.bind(*tenant).bind(*channel);
+        }
+        for (tenant, channel, r) in &partial {
+            q = q.bind(*tenant).bind(*channel).bind(*r);
+        }
+        let turn = self.writing().await;
+        let rows = q.fetch_all(&self.pool).await?;
         self.durable(turn).await?;
         Ok(rows)
     }

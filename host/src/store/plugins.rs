@@ -128,7 +128,18 @@ impl Store {
         .await?)
     }
 
-    /// The component bytes of a plugin.
+    /// A plugin's recorded sha256 and size, to find its compiled component
+    /// without reading the bytes.
+    pub async fn plugin_digest(&self, id: &str) -> Result<Option<(String, i64)>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT sha256, size FROM plugins WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// A stored plugin's component bytes.
     pub async fn plugin_component(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let row: Option<(Vec<u8>,)> = sqlx::query_as("SELECT component FROM plugins WHERE id = $1")
             .bind(id)
@@ -175,13 +186,8 @@ impl Store {
 
     /// [`Store::installs`], as read at most [`super::CACHE_TTL`] ago.
     pub async fn installs_cached(&self, tenant_id: &str) -> Result<Vec<InstallRow>, StoreError> {
-        if let Some(rows) = self.cached.installs.get(tenant_id, "") {
-            return Ok(rows);
-        }
-        let read = std::time::Instant::now();
-        let rows = self.installs(tenant_id).await?;
-        self.cached.installs.put(tenant_id, "", read, rows.clone());
-        Ok(rows)
+        let read = self.installs(tenant_id);
+        self.cached.installs.get_or_read(tenant_id, "", read).await
     }
 
     /// A tenant's installs, oldest first.

@@ -98,13 +98,10 @@ impl Store {
     /// [`Store::tenant`], as read at most [`super::CACHE_TTL`] ago: for the
     /// pipeline, which reads it for every event and message.
     pub async fn tenant_cached(&self, id: &str) -> Result<Option<TenantRow>, StoreError> {
-        if let Some(row) = self.cached.tenants.get(id, "") {
-            return Ok(row);
-        }
-        let read = std::time::Instant::now();
-        let row = self.tenant(id).await?;
-        self.cached.tenants.put(id, "", read, row.clone());
-        Ok(row)
+        self.cached
+            .tenants
+            .get_or_read(id, "", self.tenant(id))
+            .await
     }
 
     /// Replace a tenant's settings document.
@@ -210,15 +207,11 @@ impl Store {
         channel: &str,
     ) -> Result<Vec<TemplateRow>, StoreError> {
         let key = format!("{name}\u{1f}{channel}");
-        if let Some(rows) = self.cached.templates.get(tenant_id, &key) {
-            return Ok(rows);
-        }
-        let read = std::time::Instant::now();
-        let rows = self.templates_for(tenant_id, name, channel).await?;
+        let read = self.templates_for(tenant_id, name, channel);
         self.cached
             .templates
-            .put(tenant_id, &key, read, rows.clone());
-        Ok(rows)
+            .get_or_read(tenant_id, &key, read)
+            .await
     }
 
     /// Every locale of `name` on `channel`, plus the email layouts: what one render may need.

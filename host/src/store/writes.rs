@@ -4,8 +4,11 @@
 //! flush instead of one each.
 
 use super::audit::insert_audit;
+use super::events::insert_event;
 use super::messages::{insert_decision, insert_message, settle};
-use super::{AuditEntry, MessageRow, NewMessage, Store, StoreError, now_ms};
+use super::{
+    AuditEntry, EventRow, MessageRow, NewEvent, NewMessage, Store, StoreError, new_id, now_ms,
+};
 
 /// A decision to record.
 #[derive(Debug, Clone)]
@@ -35,8 +38,18 @@ pub struct NewDecision<'a> {
 /// Writes gathered while a step runs, stored by [`Store::commit`].
 #[derive(Debug, Default)]
 pub struct Writes {
+    /// An ingested event and the actor who sent it, stored first.
+    event: Option<(OwnedEvent, String)>,
     steps: Vec<Step>,
     finish: Option<(String, &'static str)>,
+}
+
+/// What [`apply`] did: the [`Committed`] outcome, and the stored event of
+/// [`Writes::event`] with whether it was new.
+#[derive(Debug)]
+pub(super) struct Applied {
+    committed: Committed,
+    event: Option<(EventRow, bool)>,
 }
 
 #[derive(Debug)]
@@ -73,7 +86,14 @@ pub enum Committed {
 impl Writes {
     /// Nothing to write?
     pub fn is_empty(&self) -> bool {
-        self.steps.is_empty() && self.finish.is_none()
+        self.event.is_none() && self.steps.is_empty() && self.finish.is_none()
+    }
+
+    /// Store the ingested event `new` unless one with its idempotency key
+    /// exists, with its `ingest`/`received` audit entry by `actor` when it
+    /// is new.
+    pub(super) fn event(&mut self, new: &NewEvent<'_>, actor: &str) {
+        self.event = Some((OwnedEvent::from(new), actor.to_owned()));
     }
 
     /// Append an audit entry.
@@ -138,70 +158,206 @@ impl Writes {
     }
 }
 
+/// Writes waiting for the next write turn (SQLite), with whom to tell.
+pub(super) type Pending = Vec<(
+    Writes,
+    tokio::sync::oneshot::Sender<Result<Applied, StoreError>>,
+)>;
+
 impl Store {
     /// Store `writes` in one transaction, durably.
+    ///
+    /// On SQLite, writes that other tasks commit meanwhile go into the same
+    /// transaction: whoever gets the next write turn stores everything
+    /// waiting, so a burst of events and deliveries costs one transaction
+    /// and one flush, not one each. Each `Writes` is still all or nothing:
+    /// if any of them fails, the transaction is rolled back and each is
+    /// stored again on its own.
     pub async fn commit(&self, writes: Writes) -> Result<Committed, StoreError> {
         if writes.is_empty() {
             return Ok(Committed::Stored);
         }
-        let turn = self.writing().await;
-        let mut tx = self.begin_write().await?;
-        for step in &writes.steps {
-            match step {
-                Step::Audit(a) => {
-                    let (entry, at) = a.view();
-                    insert_audit(&mut tx, &entry, at).await?;
-                }
-                Step::Decision(d) => {
-                    insert_decision(&mut tx, &d.view()).await?;
-                }
-                Step::Message {
-                    id,
-                    message,
-                    fallbacks,
-                    audit,
-                } => {
-                    if insert_message(&mut tx, id, &message.view(), fallbacks).await? {
-                        let (entry, at) = audit.view();
-                        insert_audit(&mut tx, &entry, at).await?;
-                    }
-                }
-                Step::Sent {
-                    message,
-                    rendered,
-                    transport_id,
-                    provider_id,
-                } => {
-                    if let Some(provider_id) = provider_id {
-                        sqlx::query("UPDATE messages SET provider_id = $1 WHERE id = $2")
-                            .bind(provider_id)
-                            .bind(&message.id)
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                    let attempt = Some(("sent", transport_id.as_str()));
-                    settle(&mut tx, message, "sent", None, Some(rendered), attempt).await?;
-                }
-            }
-        }
-        if let Some((id, status)) = &writes.finish {
-            let done = sqlx::query(
-                "UPDATE events SET status = $1, lease_until = NULL WHERE id = $2 AND status = 'received'",
-            )
-            .bind(*status)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-            if done.rows_affected() == 0 {
-                tx.rollback().await?;
-                drop(turn);
-                return Ok(Committed::AlreadyFinished);
-            }
-        }
-        tx.commit().await?;
-        self.durable(turn).await?;
-        Ok(Committed::Stored)
+        Ok(self.commit_applied(writes).await?.committed)
     }
+
+    /// Store the event of `writes` (see [`Writes::event`]); returns it and
+    /// whether it was new.
+    pub(super) async fn commit_event(
+        &self,
+        writes: Writes,
+    ) -> Result<(EventRow, bool), StoreError> {
+        self.commit_applied(writes)
+            .await?
+            .event
+            .ok_or_else(|| StoreError::Corrupt {
+                what: "events",
+                message: "no event was stored".into(),
+            })
+    }
+
+    async fn commit_applied(&self, writes: Writes) -> Result<Applied, StoreError> {
+        let Some(pending) = &self.pending else {
+            return self.commit_alone(&writes).await;
+        };
+        let (done, result) = tokio::sync::oneshot::channel();
+        pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((writes, done));
+        let turn = self.writing().await;
+        let batch = std::mem::take(&mut *pending.lock().unwrap_or_else(|e| e.into_inner()));
+        if batch.is_empty() {
+            // Someone before us took ours along.
+            drop(turn);
+        } else {
+            // In a task of its own, so that the others' writes are stored
+            // even if this caller goes away.
+            let store = self.clone();
+            tokio::spawn(async move { store.store_batch(batch, turn).await });
+        }
+        result.await.unwrap_or_else(|_| {
+            Err(StoreError::Batch(
+                "the transaction with these writes ended without an answer".into(),
+            ))
+        })
+    }
+
+    async fn store_batch(&self, batch: Pending, turn: super::WriteTurn) {
+        let together = async {
+            let mut tx = self.begin_write().await?;
+            let mut outcomes = Vec::with_capacity(batch.len());
+            for (writes, _) in &batch {
+                outcomes.push(apply(&mut tx, writes).await?);
+            }
+            tx.commit().await?;
+            Ok::<_, StoreError>(outcomes)
+        };
+        match together.await {
+            Ok(outcomes) => {
+                let flushed = self.durable(turn).await;
+                for ((_, done), outcome) in batch.into_iter().zip(outcomes) {
+                    let _ = done.send(match &flushed {
+                        Ok(()) => Ok(outcome),
+                        Err(err) => Err(StoreError::Batch(err.to_string())),
+                    });
+                }
+            }
+            Err(err) if batch.len() > 1 => {
+                tracing::warn!(error = %err, writes = batch.len(), "storing writes together failed; storing each alone");
+                for (writes, done) in batch {
+                    let _ = done.send(self.commit_alone_locked(&writes).await);
+                }
+                let _ = self.durable(turn).await;
+            }
+            Err(err) => {
+                drop(turn);
+                for (_, done) in batch {
+                    let _ = done.send(Err(StoreError::Batch(err.to_string())));
+                }
+            }
+        }
+    }
+
+    /// One `Writes` in a transaction of its own (PostgreSQL).
+    async fn commit_alone(&self, writes: &Writes) -> Result<Applied, StoreError> {
+        let turn = self.writing().await;
+        let committed = self.commit_alone_locked(writes).await?;
+        self.durable(turn).await?;
+        Ok(committed)
+    }
+
+    /// One `Writes` in a transaction of its own, with the write turn held
+    /// (if the backend has one).
+    async fn commit_alone_locked(&self, writes: &Writes) -> Result<Applied, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let committed = apply(&mut tx, writes).await?;
+        tx.commit().await?;
+        Ok(committed)
+    }
+}
+
+/// Apply `writes` inside a transaction. The event's new status is set
+/// first: if it is no longer waiting to be processed (another worker
+/// finished it after this one's lease ran out), nothing else is written.
+async fn apply(conn: &mut sqlx::AnyConnection, writes: &Writes) -> Result<Applied, StoreError> {
+    let mut event = None;
+    if let Some((new, actor)) = &writes.event {
+        let now = now_ms();
+        let new = new.view();
+        let (row, inserted) = insert_event(conn, &new, &new_id("evt"), "received", now).await?;
+        if inserted {
+            let detail = serde_json::json!({ "kind": new.kind, "event_id": new.external_id });
+            let entry = AuditEntry {
+                tenant_id: new.tenant_id,
+                order_id: Some(new.order_id),
+                event_id: Some(&row.id),
+                message_id: None,
+                stage: "ingest",
+                action: "received",
+                actor,
+                detail,
+            };
+            insert_audit(conn, &entry, now).await?;
+        }
+        event = Some((row, inserted));
+    }
+    if let Some((id, status)) = &writes.finish {
+        let done = sqlx::query(
+            "UPDATE events SET status = $1, lease_until = NULL WHERE id = $2 AND status = 'received'",
+        )
+        .bind(*status)
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(Applied {
+                committed: Committed::AlreadyFinished,
+                event,
+            });
+        }
+    }
+    for step in &writes.steps {
+        match step {
+            Step::Audit(a) => {
+                let (entry, at) = a.view();
+                insert_audit(conn, &entry, at).await?;
+            }
+            Step::Decision(d) => {
+                insert_decision(conn, &d.view()).await?;
+            }
+            Step::Message {
+                id,
+                message,
+                fallbacks,
+                audit,
+            } => {
+                if insert_message(conn, id, &message.view(), fallbacks).await? {
+                    let (entry, at) = audit.view();
+                    insert_audit(conn, &entry, at).await?;
+                }
+            }
+            Step::Sent {
+                message,
+                rendered,
+                transport_id,
+                provider_id,
+            } => {
+                if let Some(provider_id) = provider_id {
+                    sqlx::query("UPDATE messages SET provider_id = $1 WHERE id = $2")
+                        .bind(provider_id)
+                        .bind(&message.id)
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                let attempt = Some(("sent", transport_id.as_str()));
+                settle(conn, message, "sent", None, Some(rendered), attempt).await?;
+            }
+        }
+    }
+    Ok(Applied {
+        committed: Committed::Stored,
+        event,
+    })
 }
 
 #[derive(Debug)]
@@ -365,6 +521,45 @@ impl OwnedMessage {
             status_reason: self.status_reason.as_deref(),
             send_at: self.send_at,
             recipient: self.recipient.clone(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct OwnedEvent {
+    tenant_id: String,
+    external_id: String,
+    idempotency_key: String,
+    order_id: String,
+    kind: String,
+    occurred_at: i64,
+    body: String,
+}
+
+impl From<&NewEvent<'_>> for OwnedEvent {
+    fn from(e: &NewEvent<'_>) -> Self {
+        Self {
+            tenant_id: e.tenant_id.to_owned(),
+            external_id: e.external_id.to_owned(),
+            idempotency_key: e.idempotency_key.to_owned(),
+            order_id: e.order_id.to_owned(),
+            kind: e.kind.to_owned(),
+            occurred_at: e.occurred_at,
+            body: e.body.to_owned(),
+        }
+    }
+}
+
+impl OwnedEvent {
+    fn view(&self) -> NewEvent<'_> {
+        NewEvent {
+            tenant_id: &self.tenant_id,
+            external_id: &self.external_id,
+            idempotency_key: &self.idempotency_key,
+            order_id: &self.order_id,
+            kind: &self.kind,
+            occurred_at: self.occurred_at,
+            body: &self.body,
         }
     }
 }

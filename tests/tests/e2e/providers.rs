@@ -832,6 +832,7 @@ async fn channel_settings_are_checked_and_secrets_never_read_back(db: Db) {
 }
 
 async fn a_hanging_endpoint_of_one_tenant_does_not_hold_up_another(db: Db) {
+    use tidings_host::schedule::PER_DESTINATION;
     let endpoint = FakeHttp::start().await;
     endpoint.reply(Reply {
         delay: Duration::from_secs(20),
@@ -863,17 +864,24 @@ async fn a_hanging_endpoint_of_one_tenant_does_not_hold_up_another(db: Db) {
         service.state.wake.clone(),
         "test-worker".into(),
     ));
-    service.post_event(&slow, &order("ord_slow")).await;
+    // More of tenant A's messages than one destination may have in flight.
+    let slow_orders = PER_DESTINATION + 4;
+    for n in 0..slow_orders {
+        service
+            .post_event(&slow, &order(&format!("ord_slow{n}")))
+            .await;
+    }
     service.process_events().await;
     let started = std::time::Instant::now();
-    while endpoint.received().is_empty() {
+    while endpoint.received().len() < PER_DESTINATION {
         assert!(
             started.elapsed() < Duration::from_secs(10),
-            "the webhook was never called"
+            "the webhook was called {} times",
+            endpoint.received().len()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // Tenant A's request is hanging now; tenant B's email goes out anyway.
+    // Tenant A's requests are hanging now; tenant B's email goes out anyway.
     service.post_event(&quick, &order("ord_quick")).await;
     service.process_events().await;
     loop {
@@ -887,10 +895,20 @@ async fn a_hanging_endpoint_of_one_tenant_does_not_hold_up_another(db: Db) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Only as many of A's as its destination may take were leased; the
+    // rest wait in the queue, not in the worker, and were never sent.
+    let mut statuses = Vec::new();
+    for n in 0..slow_orders {
+        let m = only_message(&service, &slow, &format!("ord_slow{n}")).await;
+        statuses.push(m["status"].as_str().expect("status").to_owned());
+    }
+    let sending = statuses.iter().filter(|s| *s == "sending").count();
+    let scheduled = statuses.iter().filter(|s| *s == "scheduled").count();
     assert_eq!(
-        only_message(&service, &slow, "ord_slow").await["status"],
-        "sending",
-        "the webhook is still in flight"
+        (sending, scheduled),
+        (PER_DESTINATION, slow_orders - PER_DESTINATION),
+        "{statuses:?}"
     );
+    assert_eq!(endpoint.received().len(), PER_DESTINATION);
     worker.abort();
 }

@@ -180,10 +180,11 @@ fn contenders(component: &[u8], extism_plugin: &[u8], only: Option<&str>) -> Vec
             }),
         ),
         (
-            "Tidings `Runtime::decide`: the same, plus admission and `spawn_blocking`",
+            "Tidings `Runtime::decide`: the same, plus admission and `block_in_place` (multi-thread runtime, as in `tidings serve`)",
             Box::new(move || {
                 let (runtime, plugin, limits) = tidings();
-                let tokio = tokio::runtime::Builder::new_current_thread()
+                let tokio = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
                     .build()
                     .expect("a tokio runtime");
                 Box::new(move |event: &OrderEvent, ctx: &Context| {
