@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::json;
 use tidings_sdk::action::{Action, Notify};
 use tidings_sdk::types::{
-    Channel, Context, OpenEscalation, OrderEvent, SentNotification, Timestamp,
+    Category, Channel, Context, OpenEscalation, OrderEvent, SentNotification, Timestamp,
 };
 
 use crate::decide::{DecideError, Decision, Plugin, Runtime};
@@ -771,11 +771,15 @@ impl Pipeline {
                 .and_then(|ms| Timestamp::from_millisecond(ms).ok()),
             None => None,
         };
-        let window_start = settings.policy.marketing_window_start(now).as_millisecond();
-        let marketing = self
-            .store
-            .marketing_count(tenant_id, &customer.id, window_start)
-            .await?;
+        // Only marketing counts against the marketing cap.
+        let marketing = if notify.category == Category::Marketing {
+            let window_start = settings.policy.marketing_window_start(now).as_millisecond();
+            self.store
+                .marketing_count(tenant_id, &customer.id, window_start)
+                .await?
+        } else {
+            0
+        };
         let facts = Facts {
             customer,
             suppressed: &suppressed,

@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 use crate::dispatch::{Outbound, Transport};
 use crate::pipeline::{Pipeline, PipelineError, parse_enum};
 use crate::render::{self, Rendered, TemplateParts, TemplateSet};
-use crate::store::{AuditEntry, LeaseRoom, MessageRow, Writes};
+use crate::store::{AuditEntry, EventRow, LeaseRoom, MessageRow, Writes};
 
 /// How long a worker owns a leased job before others may take it, unless
 /// the service is configured otherwise (`--lease-secs`).
@@ -170,7 +170,17 @@ pub async fn run_message_worker(
             }
             continue;
         }
+        // The events the messages render from, read in one query.
+        let ids: Vec<&str> = leased.iter().map(|m| m.event_id.as_str()).collect();
+        let mut events: HashMap<String, EventRow> = match pipeline.store.events_by_id(&ids).await {
+            Ok(rows) => rows.into_iter().map(|r| (r.id.clone(), r)).collect(),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the events of leased messages; each reads its own");
+                HashMap::new()
+            }
+        };
         for m in leased {
+            let event = events.remove(&m.event_id);
             let destination = (m.tenant_id.clone(), m.channel.clone());
             *busy
                 .lock()
@@ -179,7 +189,15 @@ pub async fn run_message_worker(
                 .or_default() += 1;
             let (pipeline, transport, busy) = (pipeline.clone(), transport.clone(), busy.clone());
             tasks.spawn(async move {
-                if let Err(err) = deliver(&pipeline, transport.as_ref(), &m).await {
+                let event = match event {
+                    Some(event) => Ok(Some(event)),
+                    None => pipeline.store.event(&m.tenant_id, &m.event_id).await,
+                };
+                let delivered = match event {
+                    Ok(event) => deliver_with(&pipeline, transport.as_ref(), &m, event).await,
+                    Err(err) => Err(err.into()),
+                };
+                if let Err(err) = delivered {
                     tracing::error!(message = %m.id, error = %err, "delivery failed; the lease will expire and it is retried");
                 }
                 let mut busy = busy.lock().unwrap_or_else(|e| e.into_inner());
@@ -222,6 +240,17 @@ pub async fn deliver(
     transport: &dyn Transport,
     m: &MessageRow,
 ) -> Result<(), PipelineError> {
+    let event = pipeline.store.event(&m.tenant_id, &m.event_id).await?;
+    deliver_with(pipeline, transport, m, event).await
+}
+
+/// [`deliver`], with the message's event already read (`None`: missing).
+async fn deliver_with(
+    pipeline: &Pipeline,
+    transport: &dyn Transport,
+    m: &MessageRow,
+    event_row: Option<EventRow>,
+) -> Result<(), PipelineError> {
     let store = &pipeline.store;
     if let Some(key) = &m.cancel_key
         && store.is_cancelled(&m.tenant_id, key).await?
@@ -248,8 +277,9 @@ pub async fn deliver(
         .await;
     }
     let (_, settings) = pipeline.tenant_cached(&m.tenant_id).await?;
-    let event_row = store.event(&m.tenant_id, &m.event_id).await?;
-    let event: Option<OrderEvent> = event_row.and_then(|r| serde_json::from_str(&r.body).ok());
+    let event: Option<OrderEvent> = event_row
+        .filter(|r| r.tenant_id == m.tenant_id)
+        .and_then(|r| serde_json::from_str(&r.body).ok());
     let Some(event) = event else {
         return fail(pipeline, m, "the event of this message is missing").await;
     };

@@ -115,6 +115,8 @@ struct Cached {
     installs: cache::TenantCache<Vec<InstallRow>>,
     channels: cache::TenantCache<Vec<(String, String, i64)>>,
     templates: cache::TenantCache<Vec<TemplateRow>>,
+    /// API keys found, by key hash.
+    keys: cache::TenantCache<ApiKeyRow>,
 }
 
 impl Cached {

@@ -41,22 +41,29 @@ impl FileTransport {
                 (dir.join(format!("{}.json", message.id)), json(message))
             }
         };
-        let dir = path.parent().unwrap_or(&self.dir).to_owned();
-        tokio::fs::create_dir_all(&dir).await.map_err(|e| {
-            DispatchError::transient(format!("cannot create {}: {e}", dir.display()))
-        })?;
-        let tmp = path.with_extension("tmp");
-        tokio::fs::write(&tmp, &bytes).await.map_err(|e| {
-            DispatchError::transient(format!("cannot write {}: {e}", tmp.display()))
-        })?;
-        tokio::fs::rename(&tmp, &path).await.map_err(|e| {
-            DispatchError::transient(format!("cannot write {}: {e}", path.display()))
-        })?;
+        let transport_id = path.display().to_string();
+        // One hand-off to a blocking thread for the three file operations.
+        tokio::task::spawn_blocking(move || write_atomically(&path, &bytes))
+            .await
+            .map_err(|e| DispatchError::transient(format!("the file writer failed: {e}")))??;
         Ok(Receipt {
-            transport_id: path.display().to_string(),
+            transport_id,
             provider_id: None,
         })
     }
+}
+
+/// Write `bytes` to `path` through a temporary file and a rename, creating
+/// the directory if needed.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), DispatchError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)
+        .map_err(|e| DispatchError::transient(format!("cannot create {}: {e}", dir.display())))?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)
+        .map_err(|e| DispatchError::transient(format!("cannot write {}: {e}", tmp.display())))?;
+    std::fs::rename(&tmp, path)
+        .map_err(|e| DispatchError::transient(format!("cannot write {}: {e}", path.display())))
 }
 
 impl Transport for FileTransport {

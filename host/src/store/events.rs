@@ -116,6 +116,23 @@ impl Store {
         .await?)
     }
 
+    /// The events with these ids (of any tenant: callers check).
+    pub async fn events_by_id(&self, ids: &[&str]) -> Result<Vec<EventRow>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let params: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
+        let query = format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE id IN ({})",
+            params.join(", ")
+        );
+        let mut q = sqlx::query_as(&query);
+        for id in ids {
+            q = q.bind(*id);
+        }
+        Ok(q.fetch_all(&self.pool).await?)
+    }
+
     /// A tenant's events, newest first, optionally for one order; `after` is
     /// the cursor (an event id from the previous page).
     pub async fn events(

@@ -144,13 +144,24 @@ impl Store {
     }
 
     /// The key with this hash.
+    ///
+    /// Keys are never changed once created, so a key found is kept for
+    /// [`CACHE_TTL`](super::CACHE_TTL) (every request authenticates); one
+    /// not found is looked up again every time.
     pub async fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRow>, StoreError> {
-        Ok(
+        if let Some(row) = self.cached.keys.get(key_hash, "") {
+            return Ok(Some(row));
+        }
+        let read = std::time::Instant::now();
+        let row: Option<ApiKeyRow> =
             sqlx::query_as("SELECT id, tenant_id, scope FROM api_keys WHERE key_hash = $1")
                 .bind(key_hash)
                 .fetch_optional(&self.pool)
-                .await?,
-        )
+                .await?;
+        if let Some(row) = &row {
+            self.cached.keys.put(key_hash, "", read, row.clone());
+        }
+        Ok(row)
     }
 
     /// Create or replace a template.

@@ -213,9 +213,12 @@ async fn a_plugin_that_no_longer_loads_is_a_fault_and_the_other_plugins_still_de
     let broken = service
         .install(&key, guests::VIP_CONCIERGE, json!({}))
         .await;
-    // The stored component is damaged; a fresh process has not loaded it.
-    sqlx::query("UPDATE plugins SET component = $1 WHERE id = $2")
+    // The stored component is damaged (and so is its recorded sha256, or
+    // the compiled artifact in the cache would still load without reading
+    // the bytes); a fresh process has not loaded it.
+    sqlx::query("UPDATE plugins SET component = $1, sha256 = $2 WHERE id = $3")
         .bind(b"\0asm garbage".to_vec())
+        .bind("0".repeat(64))
         .bind(&broken)
         .execute(service.state.pipeline.store.pool())
         .await
