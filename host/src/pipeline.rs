@@ -20,7 +20,7 @@ use tidings_sdk::types::{
     Category, Channel, Context, OpenEscalation, OrderEvent, SentNotification, Timestamp,
 };
 
-use crate::decide::{DecideError, Decision, Plugin, Runtime};
+use crate::decide::{DecideError, Decision, LoadError, Plugin, Runtime};
 use crate::metrics::Metrics;
 use crate::policy::{self, Facts, Outcome};
 use crate::schedule::Wakeups;
@@ -150,12 +150,10 @@ impl Pipeline {
             .ok_or_else(|| unavailable("not stored".into()))?;
         // Compiled before (at upload, or by another process sharing the
         // cache directory): linked from the artifact, bytes left unread.
-        let runtime = self.runtime.clone();
         let size = usize::try_from(size).unwrap_or(usize::MAX);
-        let compiled = tokio::task::spawn_blocking(move || runtime.load_compiled(&sha256, size))
-            .await
-            .map_err(|e| unavailable(e.to_string()))?
-            .map_err(|e| unavailable(e.to_string()))?;
+        let compiled = self
+            .load_blocking(id, move |r| r.load_compiled(&sha256, size))
+            .await?;
         let plugin = match compiled {
             Some(plugin) => plugin,
             None => {
@@ -164,11 +162,7 @@ impl Pipeline {
                     .plugin_component(id)
                     .await?
                     .ok_or_else(|| unavailable("not stored".into()))?;
-                let runtime = self.runtime.clone();
-                tokio::task::spawn_blocking(move || runtime.load(&bytes))
-                    .await
-                    .map_err(|e| unavailable(e.to_string()))?
-                    .map_err(|e| unavailable(e.to_string()))?
+                self.load_blocking(id, move |r| r.load(&bytes)).await?
             }
         };
         self.plugins
@@ -176,6 +170,24 @@ impl Pipeline {
             .unwrap_or_else(|e| e.into_inner())
             .insert(id.to_owned(), plugin.clone());
         Ok(plugin)
+    }
+
+    /// Run `load` with the runtime on a blocking thread (loading maps,
+    /// deserializes or compiles); its failure makes plugin `id` unavailable.
+    async fn load_blocking<T: Send + 'static>(
+        &self,
+        id: &str,
+        load: impl FnOnce(&Runtime) -> Result<T, LoadError> + Send + 'static,
+    ) -> Result<T, PipelineError> {
+        let unavailable = |message: String| PipelineError::PluginUnavailable {
+            id: id.to_owned(),
+            message,
+        };
+        let runtime = self.runtime.clone();
+        tokio::task::spawn_blocking(move || load(&runtime))
+            .await
+            .map_err(|e| unavailable(e.to_string()))?
+            .map_err(|e| unavailable(e.to_string()))
     }
 
     /// Remember an already loaded plugin under its stored id.

@@ -139,14 +139,10 @@ pub async fn run_message_worker(
                 (tenant.clone(), channel.clone(), room)
             })
             .collect();
-        let busy_rooms: Vec<(&str, &str, i64)> = in_flight
-            .iter()
-            .map(|(t, c, r)| (t.as_str(), c.as_str(), *r))
-            .collect();
         let room = LeaseRoom {
             limit: free as i64,
             per_destination: PER_DESTINATION as i64,
-            busy: &busy_rooms,
+            busy: &in_flight,
         };
         let now = pipeline.now().as_millisecond();
         let leased = pipeline
@@ -189,13 +185,10 @@ pub async fn run_message_worker(
                 .or_default() += 1;
             let (pipeline, transport, busy) = (pipeline.clone(), transport.clone(), busy.clone());
             tasks.spawn(async move {
-                let event = match event {
-                    Some(event) => Ok(Some(event)),
-                    None => pipeline.store.event(&m.tenant_id, &m.event_id).await,
-                };
                 let delivered = match event {
-                    Ok(event) => deliver_with(&pipeline, transport.as_ref(), &m, event).await,
-                    Err(err) => Err(err.into()),
+                    Some(event) => deliver_with(&pipeline, transport.as_ref(), &m, Some(event)).await,
+                    // Not in the batch's read: `deliver` reads it.
+                    None => deliver(&pipeline, transport.as_ref(), &m).await,
                 };
                 if let Err(err) = delivered {
                     tracing::error!(message = %m.id, error = %err, "delivery failed; the lease will expire and it is retried");

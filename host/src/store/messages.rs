@@ -208,7 +208,7 @@ pub struct LeaseRoom<'a> {
     pub per_destination: i64,
     /// Destinations with messages in flight, as (tenant, channel, how many
     /// more it may take): 0 or less leases none of its messages.
-    pub busy: &'a [(&'a str, &'a str, i64)],
+    pub busy: &'a [(String, String, i64)],
 }
 
 /// The oldest due messages a lease looks at, at least (four times its
@@ -406,10 +406,10 @@ impl Store {
             .bind(room.per_destination)
             .bind(room.limit.saturating_mul(4).max(LEASE_CANDIDATES));
         for (tenant, channel, _) in &full {
-            q = q.bind(*tenant).bind(*channel);
+            q = q.bind(tenant.as_str()).bind(channel.as_str());
         }
         for (tenant, channel, r) in &partial {
-            q = q.bind(*tenant).bind(*channel).bind(*r);
+            q = q.bind(tenant.as_str()).bind(channel.as_str()).bind(*r);
         }
         let turn = self.writing().await;
         let rows = q.fetch_all(&self.pool).await?;
