@@ -383,11 +383,20 @@ impl Store {
                 .collect();
             format!("CASE{whens} ELSE $5 END")
         };
+        // Due and expired are two walks of an index each, in order and
+        // stopped at the limit; one `OR` would read every due message
+        // and sort them, which under a backlog is most of the work.
         let query = format!(
-            "WITH candidates AS (
+            "WITH due AS (
                  SELECT id, tenant_id, channel, send_at FROM messages
-                 WHERE ((status = 'scheduled' AND send_at <= $3) OR (status = 'sending' AND lease_until < $3)){excluded}
+                 WHERE status = 'scheduled' AND send_at <= $3{excluded}
                  ORDER BY send_at LIMIT $6 {skip_locked}
+             ), expired AS (
+                 SELECT id, tenant_id, channel, send_at FROM messages
+                 WHERE status = 'sending' AND lease_until < $3{excluded}
+                 ORDER BY lease_until LIMIT $6 {skip_locked}
+             ), candidates AS (
+                 SELECT * FROM due UNION ALL SELECT * FROM expired
              ), ranked AS (
                  SELECT id, send_at, {room_of} AS room,
                         ROW_NUMBER() OVER (PARTITION BY tenant_id, channel ORDER BY send_at, id) AS n
