@@ -625,17 +625,38 @@ pub async fn comment(
     Ok(note)
 }
 
+/// A plugin's `hold-for-approval` action, as the pipeline applies it.
+#[derive(Debug, Clone, Copy)]
+pub struct Held<'a> {
+    /// The decision that asked for it.
+    pub decision_id: &'a str,
+    /// The message's id, derived from the event and the action, so that the
+    /// event processed again after a crash holds the same message.
+    pub message_id: &'a str,
+    /// The message to hold.
+    pub notify: &'a Notify,
+    /// Why an agent must look at it.
+    pub reason: &'a str,
+}
+
 /// Hold a message for approval: store it `held`, render it now so agents see
 /// exactly what would go out, and open a ticket in the approval queue.
+///
+/// Processing the event again (after a crash) holds nothing twice: if the
+/// message exists, only what the earlier attempt did not get to is done.
 pub async fn hold(
     pipeline: &Pipeline,
     row: &EventRow,
     event: &OrderEvent,
     settings: &TenantSettings,
-    decision_id: &str,
-    notify: &Notify,
-    reason: &str,
+    held: &Held<'_>,
 ) -> Result<(), PipelineError> {
+    let Held {
+        decision_id,
+        message_id: id,
+        notify,
+        reason,
+    } = *held;
     let now = pipeline.now();
     let message = crate::pipeline::new_message(
         row,
@@ -647,29 +668,43 @@ pub async fn hold(
         Some(reason),
         now,
     );
-    let id = pipeline.store.insert_message(&message).await?;
-    pipeline
-        .audit(
-            row,
-            Some(&id),
-            "policy",
-            "held",
-            "system",
-            json!({ "reason": reason, "template": notify.template }),
-        )
-        .await?;
+    let created = pipeline.store.insert_message(id, &message).await?;
+    if created {
+        pipeline
+            .audit(
+                row,
+                Some(id),
+                "policy",
+                "held",
+                "system",
+                json!({ "reason": reason, "template": notify.template }),
+            )
+            .await?;
+    }
     let stored = pipeline
         .store
-        .message(&row.tenant_id, &id)
+        .message(&row.tenant_id, id)
         .await?
         .ok_or_else(|| PipelineError::Corrupt {
             what: "message",
             message: "vanished after insert".into(),
         })?;
+    if !created
+        && (stored.status != "held"
+            || pipeline
+                .store
+                .approval_escalation(&row.tenant_id, id)
+                .await?
+                .is_some())
+    {
+        // Held, rendered and in the approval queue already (or since
+        // approved, rejected or expired).
+        return Ok(());
+    }
     match crate::schedule::render_message(pipeline, &stored, event, settings).await? {
         Ok(rendered) => {
             let text = serde_json::to_string(&rendered).expect("rendered messages serialise");
-            pipeline.store.set_rendered(&id, &text).await?;
+            pipeline.store.set_rendered(id, &text).await?;
         }
         Err(err) => {
             let reason = format!("render: {err}");
@@ -680,7 +715,7 @@ pub async fn hold(
             return pipeline
                 .audit(
                     row,
-                    Some(&id),
+                    Some(id),
                     "render",
                     "failed",
                     "system",
@@ -701,7 +736,7 @@ pub async fn hold(
             reason,
             sla_minutes: None,
             decision_id: Some(decision_id),
-            message_id: Some(&id),
+            message_id: Some(id),
         },
     )
     .await?;

@@ -587,8 +587,13 @@ impl Pipeline {
             }
             Action::HoldForApproval { notify, reason } => {
                 self.flush(writes).await?;
-                crate::escalation::hold(self, row, event, settings, decision_id, notify, reason)
-                    .await
+                let held = crate::escalation::Held {
+                    decision_id,
+                    message_id,
+                    notify,
+                    reason,
+                };
+                crate::escalation::hold(self, row, event, settings, &held).await
             }
             Action::Escalate(e) => {
                 self.flush(writes).await?;

@@ -216,15 +216,15 @@ pub struct LeaseRoom<'a> {
 const LEASE_CANDIDATES: i64 = 64;
 
 impl Store {
-    /// Create a message; returns its id.
-    pub async fn insert_message(&self, m: &NewMessage<'_>) -> Result<String, StoreError> {
-        let id = new_id("msg");
+    /// Create the message `id` unless it exists; returns whether it was
+    /// created.
+    pub async fn insert_message(&self, id: &str, m: &NewMessage<'_>) -> Result<bool, StoreError> {
         let turn = self.writing().await;
         let mut conn = self.pool.acquire().await?;
-        insert_message(&mut conn, &id, m, "[]").await?;
+        let created = insert_message(&mut conn, id, m, "[]").await?;
         drop(conn);
         self.durable(turn).await?;
-        Ok(id)
+        Ok(created)
     }
 
     /// One message of a tenant.

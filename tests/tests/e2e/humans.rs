@@ -13,6 +13,7 @@ on_both_backends!(
     a_delayed_vip_order_climbs_the_ladder_until_an_agent_acknowledges,
     an_unacknowledged_ticket_is_breached_after_the_last_tier,
     a_held_refund_is_approved_with_an_edit_and_delivered_with_the_edited_text,
+    a_refund_event_processed_again_after_a_crash_holds_one_message_with_one_ticket,
     a_rejected_message_is_never_sent,
     an_expired_approval_escalates_or_rejects_but_never_sends,
     an_approved_message_goes_through_policy_again,
@@ -399,6 +400,49 @@ async fn a_held_refund_is_approved_with_an_edit_and_delivered_with_the_edited_te
         )
         .await;
     assert_eq!(tickets["items"][0]["status"], "resolved");
+}
+
+async fn a_refund_event_processed_again_after_a_crash_holds_one_message_with_one_ticket(db: Db) {
+    let service = TestService::new(db).await;
+    let (_, key, agent) = approval_shop(&service, json!({})).await;
+    service
+        .post_event(&key, &event(EventKind::RefundCreated, "ord_again"))
+        .await;
+    step(&service).await;
+    let first = held(&service, &agent).await;
+    assert_eq!(first.len(), 1, "{first:?}");
+
+    // The worker died after holding the message but before marking the
+    // event processed: its lease runs out and the event is taken again.
+    sqlx::query("UPDATE events SET status = 'received', lease_until = NULL")
+        .execute(service.state.pipeline.store.pool())
+        .await
+        .expect("reset");
+    step(&service).await;
+    let again = held(&service, &agent).await;
+    assert_eq!(again.len(), 1, "one held message: {again:?}");
+    assert_eq!(again[0]["id"], first[0]["id"]);
+    ticket_in(&service, &agent, "ord_again", "approvals").await;
+    assert_eq!(
+        notified(&service, &key, "ord_again").await,
+        vec![("refunds@bottega.example".to_owned(), "email".to_owned())],
+        "tier 1 is told once"
+    );
+    let (_, trail) = service
+        .call(
+            Method::GET,
+            &format!("/v1/messages/{}", first[0]["id"].as_str().expect("id")),
+            Some(&key),
+            None,
+        )
+        .await;
+    let holds = trail["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter(|h| h["action"] == "held")
+        .count();
+    assert_eq!(holds, 1, "{trail}");
 }
 
 async fn a_rejected_message_is_never_sent(db: Db) {
