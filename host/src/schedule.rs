@@ -102,11 +102,12 @@ pub async fn process_some_events(
     Ok(count)
 }
 
-/// How many messages one worker hands over at once.
+/// How many messages one worker delivers at once (from rendering to storing
+/// the outcome).
 pub const CONCURRENCY: usize = 32;
-/// How many of those may go to one tenant's channel: a provider that hangs
-/// or a slow webhook endpoint holds at most this many slots, so other
-/// tenants and channels keep moving.
+/// How many of those may be at one tenant's channel's transport at once: a
+/// provider that hangs or a slow webhook endpoint holds at most this many
+/// slots, so other tenants and channels keep moving.
 pub const PER_DESTINATION: usize = 8;
 
 /// Runs the message worker until the process stops: leases due messages
@@ -120,7 +121,9 @@ pub async fn run_message_worker(
     owner: String,
 ) {
     // Messages in flight by destination; only this loop adds to it.
-    let busy: Arc<std::sync::Mutex<HashMap<(String, String), usize>>> = Arc::default();
+    let busy: Arc<Busy> = Arc::default();
+    // Notified when a destination has room again.
+    let room_made = Arc::new(Notify::new());
     let mut tasks = tokio::task::JoinSet::new();
     loop {
         while tasks.try_join_next().is_some() {}
@@ -130,6 +133,7 @@ pub async fn run_message_worker(
             continue;
         }
         let in_flight: Vec<(String, String, i64)> = busy
+            .0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
@@ -162,6 +166,7 @@ pub async fn run_message_worker(
             // delivery to finish and make room.
             tokio::select! {
                 _ = tasks.join_next(), if !tasks.is_empty() => {}
+                _ = room_made.notified() => {}
                 _ = tokio::time::timeout(POLL, wake.messages.notified()) => {}
             }
             continue;
@@ -177,31 +182,67 @@ pub async fn run_message_worker(
         };
         for m in leased {
             let event = events.remove(&m.event_id);
-            let destination = (m.tenant_id.clone(), m.channel.clone());
-            *busy
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(destination.clone())
-                .or_default() += 1;
-            let (pipeline, transport, busy) = (pipeline.clone(), transport.clone(), busy.clone());
+            let slot = Slot::take(&busy, &room_made, &m);
+            let (pipeline, transport) = (pipeline.clone(), transport.clone());
             tasks.spawn(async move {
+                let event = match event {
+                    Some(event) => Ok(Some(event)),
+                    // Not in the batch's read.
+                    None => pipeline.store.event(&m.tenant_id, &m.event_id).await,
+                };
                 let delivered = match event {
-                    Some(event) => deliver_with(&pipeline, transport.as_ref(), &m, Some(event)).await,
-                    // Not in the batch's read: `deliver` reads it.
-                    None => deliver(&pipeline, transport.as_ref(), &m).await,
+                    Ok(event) => deliver_with(&pipeline, transport.as_ref(), &m, event, Some(slot)).await,
+                    Err(err) => Err(err.into()),
                 };
                 if let Err(err) = delivered {
                     tracing::error!(message = %m.id, error = %err, "delivery failed; the lease will expire and it is retried");
                 }
-                let mut busy = busy.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(count) = busy.get_mut(&destination) {
-                    *count = count.saturating_sub(1);
-                    if *count == 0 {
-                        busy.remove(&destination);
-                    }
-                }
             });
         }
+    }
+}
+
+/// Messages in flight by destination (tenant, channel).
+#[derive(Debug, Default)]
+struct Busy(std::sync::Mutex<HashMap<(String, String), usize>>);
+
+/// A message's place among its destination's [`PER_DESTINATION`]: taken
+/// when it is leased, given back as soon as the transport has answered
+/// (storing the outcome is the host's own work, not the destination's).
+struct Slot {
+    busy: Arc<Busy>,
+    room_made: Arc<Notify>,
+    destination: (String, String),
+}
+
+impl Slot {
+    fn take(busy: &Arc<Busy>, room_made: &Arc<Notify>, m: &MessageRow) -> Self {
+        let destination = (m.tenant_id.clone(), m.channel.clone());
+        *busy
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(destination.clone())
+            .or_default() += 1;
+        Self {
+            busy: busy.clone(),
+            room_made: room_made.clone(),
+            destination,
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut busy = self.busy.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = busy.get_mut(&self.destination) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                busy.remove(&self.destination);
+            }
+        }
+        drop(busy);
+        self.room_made.notify_one();
     }
 }
 
@@ -234,15 +275,17 @@ pub async fn deliver(
     m: &MessageRow,
 ) -> Result<(), PipelineError> {
     let event = pipeline.store.event(&m.tenant_id, &m.event_id).await?;
-    deliver_with(pipeline, transport, m, event).await
+    deliver_with(pipeline, transport, m, event, None).await
 }
 
-/// [`deliver`], with the message's event already read (`None`: missing).
+/// [`deliver`], with the message's event already read (`None`: missing);
+/// `slot` is given back when the transport has answered.
 async fn deliver_with(
     pipeline: &Pipeline,
     transport: &dyn Transport,
     m: &MessageRow,
     event_row: Option<EventRow>,
+    slot: Option<Slot>,
 ) -> Result<(), PipelineError> {
     let store = &pipeline.store;
     if let Some(key) = &m.cancel_key
@@ -336,7 +379,9 @@ async fn deliver_with(
         twilio: channels.twilio(channel),
         endpoint: channels.endpoint(channel).filter(|_| customer_facing),
     };
-    match transport.send(&outbound).await {
+    let sent = transport.send(&outbound).await;
+    drop(slot);
+    match sent {
         Ok(receipt) => {
             writes.sent(
                 m,

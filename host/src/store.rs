@@ -133,7 +133,7 @@ type WriteTurn = Option<tokio::sync::OwnedMutexGuard<()>>;
 
 /// Group commit for SQLite. Connections commit with `synchronous = NORMAL`
 /// — into the write-ahead log, in order, without waiting for the disk — and
-/// every store method that writes calls [`Store::durable`] before it
+/// every store method that writes (leases aside) calls [`Store::durable`] before it
 /// returns: one `fdatasync` of the log makes every commit that finished
 /// before it durable, so concurrent writers share one flush instead of
 /// taking one each while holding SQLite's write lock. What a method has
@@ -296,7 +296,11 @@ impl Store {
 
     /// End the write `turn`, then make every commit this process finished
     /// so far durable (SQLite files; PostgreSQL commits are durable
-    /// already). Every method that writes calls it before returning.
+    /// already). Every method that writes calls it before returning, except
+    /// the leases of events and messages: a lease lost to a power cut only
+    /// lets the job be taken again sooner than its expiry would, which
+    /// at-least-once processing allows anyway, and whatever is stored
+    /// durably after it (the job's outcome) flushes it too.
     async fn durable(&self, turn: WriteTurn) -> Result<(), StoreError> {
         drop(turn);
         match &self.wal {
