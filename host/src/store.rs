@@ -7,16 +7,23 @@
 //! when leasing work on PostgreSQL — [`Backend`] says which is in use.
 //! Errors are [`StoreError`]: a unique-key conflict is told apart from other
 //! database failures.
+//!
+//! On a SQLite file, the writes that commit together (see [`Writes`]) are
+//! stored by a writer thread on a connection of its own (rusqlite, on the
+//! same SQLite library as sqlx), running the same statements ([`exec`])
+//! back to back instead of one thread round trip each.
 
 mod audit;
 mod cache;
 mod delivery;
 mod escalations;
 mod events;
+mod exec;
 mod integrations;
 mod messages;
 mod plugins;
 mod tenants;
+mod writer;
 mod writes;
 
 use std::path::PathBuf;
@@ -73,6 +80,9 @@ pub enum StoreError {
     /// Any other database error.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// A database error on the SQLite writer thread.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     /// The transaction that also held these writes failed.
     #[error("storing writes failed: {0}")]
     Batch(String),
@@ -106,6 +116,8 @@ pub struct Store {
     cached: Arc<Cached>,
     /// SQLite: writes to store together at the next write turn.
     pending: Option<Arc<std::sync::Mutex<writes::Pending>>>,
+    /// SQLite files: the thread that stores them.
+    batch_writer: Option<Arc<writer::Writer>>,
 }
 
 /// Short-lived copies of per-tenant rows (see [`cache`]).
@@ -142,7 +154,9 @@ type WriteTurn = Option<tokio::sync::OwnedMutexGuard<()>>;
 /// commit already moved out of the log is durable too).
 #[derive(Debug)]
 struct WalSync {
-    /// The database file's `-wal` log.
+    /// The database file.
+    database: PathBuf,
+    /// Its `-wal` log.
     path: PathBuf,
     /// Commits asking to be durable so far.
     requested: AtomicU64,
@@ -258,6 +272,7 @@ impl Store {
                 }
                 Some(Arc::new(WalSync {
                     path: PathBuf::from(format!("{file}-wal")),
+                    database: PathBuf::from(file),
                     requested: AtomicU64::new(0),
                     synced: AtomicU64::new(0),
                     flushing: tokio::sync::Mutex::new(None),
@@ -269,6 +284,12 @@ impl Store {
             Backend::Sqlite => Some(Arc::new(tokio::sync::Mutex::new(()))),
             Backend::Postgres => None,
         };
+        // After the migrations (below) it finds the tables; it only opens the
+        // file now.
+        let batch_writer = match &wal {
+            Some(wal) => Some(Arc::new(writer::Writer::open(&wal.database)?)),
+            None => None,
+        };
         let store = Self {
             pool,
             backend,
@@ -279,6 +300,7 @@ impl Store {
                 Backend::Sqlite => Some(Arc::default()),
                 Backend::Postgres => None,
             },
+            batch_writer,
         };
         store.migrate().await?;
         store.durable(None).await?;

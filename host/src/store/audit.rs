@@ -2,6 +2,7 @@
 
 use sqlx::FromRow;
 
+use super::exec::Exec;
 use super::{Store, StoreError, now_ms};
 
 /// An audit entry to append.
@@ -53,7 +54,7 @@ impl Store {
     pub async fn audit(&self, e: AuditEntry<'_>) -> Result<(), StoreError> {
         let turn = self.writing().await;
         let mut conn = self.pool.acquire().await?;
-        insert_audit(&mut conn, &e, now_ms()).await?;
+        insert_audit(&mut *conn, &e, now_ms()).await?;
         drop(conn);
         self.durable(turn).await?;
         Ok(())
@@ -100,24 +101,26 @@ impl Store {
 
 /// Append `e`, as of `at` (ms), on `conn` (a transaction's or the pool's).
 pub(super) async fn insert_audit(
-    conn: &mut sqlx::AnyConnection,
+    conn: &mut impl Exec,
     e: &AuditEntry<'_>,
     at: i64,
 ) -> Result<(), StoreError> {
-    sqlx::query(
+    let detail = e.detail.to_string();
+    conn.execute(
         "INSERT INTO audit_log (tenant_id, order_id, event_id, message_id, stage, action, actor, detail, at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        &[
+            e.tenant_id.into(),
+            e.order_id.into(),
+            e.event_id.into(),
+            e.message_id.into(),
+            e.stage.into(),
+            e.action.into(),
+            e.actor.into(),
+            detail.as_str().into(),
+            at.into(),
+        ],
     )
-    .bind(e.tenant_id)
-    .bind(e.order_id)
-    .bind(e.event_id)
-    .bind(e.message_id)
-    .bind(e.stage)
-    .bind(e.action)
-    .bind(e.actor)
-    .bind(e.detail.to_string())
-    .bind(at)
-    .execute(conn)
     .await?;
     Ok(())
 }

@@ -31,7 +31,7 @@ impl Store {
         .bind(&m.id)
         .execute(&mut *tx)
         .await?;
-        record_attempt(&mut tx, m, attempt, now, "failed", reason).await?;
+        record_attempt(&mut *tx, m, attempt, now, "failed", reason).await?;
         tx.commit().await?;
         self.durable(turn).await?;
         Ok(())
@@ -133,7 +133,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         let detail = format!("{}: {reason}", m.channel);
-        record_attempt(&mut tx, m, m.attempts + 1, now, "failed", &detail).await?;
+        record_attempt(&mut *tx, m, m.attempts + 1, now, "failed", &detail).await?;
         tx.commit().await?;
         self.durable(turn).await?;
         Ok(())
@@ -182,7 +182,7 @@ impl Store {
         .await?
         .rows_affected()
             > 0;
-        record_attempt(&mut tx, m, m.attempts, now, status, detail).await?;
+        record_attempt(&mut *tx, m, m.attempts, now, status, detail).await?;
         tx.commit().await?;
         self.durable(turn).await?;
         Ok(changed)

@@ -3,6 +3,7 @@
 
 use sqlx::FromRow;
 
+use super::exec::Exec;
 use super::{Store, StoreError, now_ms};
 
 /// A stored event.
@@ -175,38 +176,52 @@ impl Store {
 /// Store an event as `id` with `status` on `conn` unless one with the same
 /// idempotency key exists. Returns the stored event and whether it is new.
 pub(super) async fn insert_event(
-    conn: &mut sqlx::AnyConnection,
+    conn: &mut impl Exec,
     new: &NewEvent<'_>,
     id: &str,
     status: &str,
     received_at: i64,
 ) -> Result<(EventRow, bool), StoreError> {
-    let inserted = sqlx::query(
-        "INSERT INTO events (id, tenant_id, external_id, idempotency_key, order_id, kind, occurred_at,
-                             received_at, body, status)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-         ON CONFLICT (tenant_id, idempotency_key) DO NOTHING",
-    )
-    .bind(id)
-    .bind(new.tenant_id)
-    .bind(new.external_id)
-    .bind(new.idempotency_key)
-    .bind(new.order_id)
-    .bind(new.kind)
-    .bind(new.occurred_at)
-    .bind(received_at)
-    .bind(new.body)
-    .bind(status)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected()
+    let inserted = conn
+        .execute(
+            "INSERT INTO events (id, tenant_id, external_id, idempotency_key, order_id, kind, occurred_at,
+                                 received_at, body, status)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+             ON CONFLICT (tenant_id, idempotency_key) DO NOTHING",
+            &[
+                id.into(),
+                new.tenant_id.into(),
+                new.external_id.into(),
+                new.idempotency_key.into(),
+                new.order_id.into(),
+                new.kind.into(),
+                new.occurred_at.into(),
+                received_at.into(),
+                new.body.into(),
+                status.into(),
+            ],
+        )
+        .await?
         == 1;
-    let row: EventRow = sqlx::query_as(&format!(
-        "SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = $1 AND idempotency_key = $2"
-    ))
-    .bind(new.tenant_id)
-    .bind(new.idempotency_key)
-    .fetch_one(&mut *conn)
-    .await?;
+    let row = conn
+        .fetch_event(
+            EVENT_BY_KEY,
+            &[new.tenant_id.into(), new.idempotency_key.into()],
+        )
+        .await?;
     Ok((row, inserted))
+}
+
+/// The event with an idempotency key (`$1` tenant, `$2` key).
+const EVENT_BY_KEY: &str = "SELECT id, tenant_id, external_id, idempotency_key, order_id, kind, occurred_at, received_at, body, status FROM events WHERE tenant_id = $1 AND idempotency_key = $2";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_event_by_key_reads_the_columns_the_writer_maps() {
+        // `exec::Direct::fetch_event` maps the columns by position.
+        assert!(EVENT_BY_KEY.starts_with(&format!("SELECT {EVENT_COLUMNS} FROM events")));
+    }
 }

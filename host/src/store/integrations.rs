@@ -199,12 +199,12 @@ impl PlatformTx {
         status: &str,
         received_at: i64,
     ) -> Result<(EventRow, bool), StoreError> {
-        super::events::insert_event(&mut self.tx, new, id, status, received_at).await
+        super::events::insert_event(&mut *self.tx, new, id, status, received_at).await
     }
 
     /// Append an audit entry, committed with the rest.
     pub async fn audit(&mut self, e: AuditEntry<'_>) -> Result<(), StoreError> {
-        super::audit::insert_audit(&mut self.tx, &e, now_ms()).await
+        super::audit::insert_audit(&mut *self.tx, &e, now_ms()).await
     }
 
     /// Keep a verified delivery about `order_id` until the order arrives.

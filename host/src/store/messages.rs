@@ -3,6 +3,7 @@
 
 use sqlx::FromRow;
 
+use super::exec::Exec;
 use super::{NewDecision, Store, StoreError, new_id, now_ms};
 
 /// A message: one notification on its way, or the record of why it is not.
@@ -221,7 +222,7 @@ impl Store {
     pub async fn insert_message(&self, id: &str, m: &NewMessage<'_>) -> Result<bool, StoreError> {
         let turn = self.writing().await;
         let mut conn = self.pool.acquire().await?;
-        let created = insert_message(&mut conn, id, m, "[]").await?;
+        let created = insert_message(&mut *conn, id, m, "[]").await?;
         drop(conn);
         self.durable(turn).await?;
         Ok(created)
@@ -439,7 +440,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let turn = self.writing().await;
         let mut tx = self.pool.begin().await?;
-        settle(&mut tx, m, status, reason, rendered, attempt).await?;
+        settle(&mut *tx, m, status, reason, rendered, attempt).await?;
         tx.commit().await?;
         self.durable(turn).await?;
         Ok(())
@@ -635,25 +636,27 @@ impl Store {
 /// Append attempt number `attempt` of message `m` to its history, inside the
 /// transaction that changes the message.
 pub(super) async fn record_attempt(
-    conn: &mut sqlx::AnyConnection,
+    conn: &mut impl Exec,
     m: &MessageRow,
     attempt: i64,
     at: i64,
     outcome: &str,
     detail: &str,
 ) -> Result<(), StoreError> {
-    sqlx::query(
+    let id = new_id("att");
+    conn.execute(
         "INSERT INTO delivery_attempts (id, tenant_id, message_id, attempt, at, outcome, detail)
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        &[
+            id.as_str().into(),
+            (&m.tenant_id).into(),
+            (&m.id).into(),
+            attempt.into(),
+            at.into(),
+            outcome.into(),
+            detail.into(),
+        ],
     )
-    .bind(new_id("att"))
-    .bind(&m.tenant_id)
-    .bind(&m.id)
-    .bind(attempt)
-    .bind(at)
-    .bind(outcome)
-    .bind(detail)
-    .execute(conn)
     .await?;
     Ok(())
 }
@@ -661,77 +664,81 @@ pub(super) async fn record_attempt(
 /// Record decision `d` on `conn` unless one with its id exists; returns
 /// whether it was recorded.
 pub(super) async fn insert_decision(
-    conn: &mut sqlx::AnyConnection,
+    conn: &mut impl Exec,
     d: &NewDecision<'_>,
 ) -> Result<bool, StoreError> {
-    let done = sqlx::query(
-        "INSERT INTO decisions (id, tenant_id, event_id, plugin_id, plugin_name, plugin_version, outcome, detail,
-                                fuel, duration_us, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-         ON CONFLICT (id) DO NOTHING",
-    )
-    .bind(d.id)
-    .bind(d.tenant_id)
-    .bind(d.event_id)
-    .bind(d.plugin_id)
-    .bind(d.plugin_name)
-    .bind(d.plugin_version)
-    .bind(d.outcome)
-    .bind(d.detail)
-    .bind(d.fuel)
-    .bind(d.duration_us)
-    .bind(now_ms())
-    .execute(conn)
-    .await?;
-    Ok(done.rows_affected() > 0)
+    let done = conn
+        .execute(
+            "INSERT INTO decisions (id, tenant_id, event_id, plugin_id, plugin_name, plugin_version, outcome, detail,
+                                    fuel, duration_us, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+             ON CONFLICT (id) DO NOTHING",
+            &[
+                d.id.into(),
+                d.tenant_id.into(),
+                d.event_id.into(),
+                d.plugin_id.into(),
+                d.plugin_name.into(),
+                d.plugin_version.into(),
+                d.outcome.into(),
+                d.detail.into(),
+                d.fuel.into(),
+                d.duration_us.into(),
+                now_ms().into(),
+            ],
+        )
+        .await?;
+    Ok(done > 0)
 }
 
 /// Create message `id` on `conn` unless it exists; returns whether it was
 /// created.
 pub(super) async fn insert_message(
-    conn: &mut sqlx::AnyConnection,
+    conn: &mut impl Exec,
     id: &str,
     m: &NewMessage<'_>,
     fallback_channels: &str,
 ) -> Result<bool, StoreError> {
     let now = now_ms();
-    let done = sqlx::query(
-        "INSERT INTO messages (id, tenant_id, event_id, decision_id, order_id, customer_id, channel, template,
-                               locale, category, priority, dedupe_key, cancel_key, data, status, status_reason,
-                               send_at, attempts, recipient, created_at, updated_at, fallback_channels)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, 0, $18, $19, $19, $20)
-         ON CONFLICT (id) DO NOTHING",
-    )
-    .bind(id)
-    .bind(m.tenant_id)
-    .bind(m.event_id)
-    .bind(m.decision_id)
-    .bind(m.order_id)
-    .bind(m.customer_id)
-    .bind(&m.channel)
-    .bind(m.template)
-    .bind(m.locale)
-    .bind(&m.category)
-    .bind(&m.priority)
-    .bind(m.dedupe_key)
-    .bind(m.cancel_key)
-    .bind(&m.data)
-    .bind(m.status)
-    .bind(m.status_reason)
-    .bind(m.send_at)
-    .bind(&m.recipient)
-    .bind(now)
-    .bind(fallback_channels)
-    .execute(conn)
-    .await?;
-    Ok(done.rows_affected() > 0)
+    let done = conn
+        .execute(
+            "INSERT INTO messages (id, tenant_id, event_id, decision_id, order_id, customer_id, channel, template,
+                                   locale, category, priority, dedupe_key, cancel_key, data, status, status_reason,
+                                   send_at, attempts, recipient, created_at, updated_at, fallback_channels)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, 0, $18, $19, $19, $20)
+             ON CONFLICT (id) DO NOTHING",
+            &[
+                id.into(),
+                m.tenant_id.into(),
+                m.event_id.into(),
+                m.decision_id.into(),
+                m.order_id.into(),
+                m.customer_id.into(),
+                (&m.channel).into(),
+                m.template.into(),
+                m.locale.into(),
+                (&m.category).into(),
+                (&m.priority).into(),
+                m.dedupe_key.into(),
+                m.cancel_key.into(),
+                (&m.data).into(),
+                m.status.into(),
+                m.status_reason.into(),
+                m.send_at.into(),
+                (&m.recipient).into(),
+                now.into(),
+                fallback_channels.into(),
+            ],
+        )
+        .await?;
+    Ok(done > 0)
 }
 
 /// Give `m` its final `status` (with `reason` and the `rendered` message)
 /// on `conn`, release its lease and record the delivery `attempt`
 /// (outcome, detail) if there was one.
 pub(super) async fn settle(
-    conn: &mut sqlx::AnyConnection,
+    conn: &mut impl Exec,
     m: &MessageRow,
     status: &str,
     reason: Option<&str>,
@@ -740,18 +747,19 @@ pub(super) async fn settle(
 ) -> Result<(), StoreError> {
     let now = now_ms();
     let attempts = m.attempts + i64::from(attempt.is_some());
-    sqlx::query(
+    conn.execute(
         "UPDATE messages SET status = $1, status_reason = $2, rendered = COALESCE($3, rendered), attempts = $4,
                              lease_owner = NULL, lease_until = NULL, updated_at = $5
          WHERE id = $6",
+        &[
+            status.into(),
+            reason.into(),
+            rendered.into(),
+            attempts.into(),
+            now.into(),
+            (&m.id).into(),
+        ],
     )
-    .bind(status)
-    .bind(reason)
-    .bind(rendered)
-    .bind(attempts)
-    .bind(now)
-    .bind(&m.id)
-    .execute(&mut *conn)
     .await?;
     if let Some((outcome, detail)) = attempt {
         record_attempt(conn, m, attempts, now, outcome, detail).await?;

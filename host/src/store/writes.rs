@@ -5,6 +5,7 @@
 
 use super::audit::insert_audit;
 use super::events::insert_event;
+use super::exec::{Direct, Exec, ready};
 use super::messages::{insert_decision, insert_message, settle};
 use super::{
     AuditEntry, EventRow, MessageRow, NewEvent, NewMessage, Store, StoreError, new_id, now_ms,
@@ -223,16 +224,41 @@ impl Store {
     }
 
     async fn store_batch(&self, batch: Pending, turn: super::WriteTurn) {
-        let together = async {
-            let mut tx = self.begin_write().await?;
-            let mut outcomes = Vec::with_capacity(batch.len());
-            for (writes, _) in &batch {
-                outcomes.push(apply(&mut tx, writes).await?);
+        let (batch, together) = match &self.batch_writer {
+            Some(writer) => {
+                let (writes, done): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                let ran = writer
+                    .run(move |conn| {
+                        let outcomes = apply_all(conn, &writes);
+                        (writes, outcomes)
+                    })
+                    .await;
+                match ran {
+                    Ok((writes, outcomes)) => (writes.into_iter().zip(done).collect(), outcomes),
+                    Err(err) => {
+                        drop(turn);
+                        for done in done {
+                            let _ = done.send(Err(StoreError::Batch(err.to_string())));
+                        }
+                        return;
+                    }
+                }
             }
-            tx.commit().await?;
-            Ok::<_, StoreError>(outcomes)
+            None => {
+                let together = async {
+                    let mut tx = self.begin_write().await?;
+                    let mut outcomes = Vec::with_capacity(batch.len());
+                    for (writes, _) in &batch {
+                        outcomes.push(apply(&mut *tx, writes).await?);
+                    }
+                    tx.commit().await?;
+                    Ok::<_, StoreError>(outcomes)
+                }
+                .await;
+                (batch, together)
+            }
         };
-        match together.await {
+        match together {
             Ok(outcomes) => {
                 let flushed = self.durable(turn).await;
                 for ((_, done), outcome) in batch.into_iter().zip(outcomes) {
@@ -270,16 +296,31 @@ impl Store {
     /// (if the backend has one).
     async fn commit_alone_locked(&self, writes: &Writes) -> Result<Applied, StoreError> {
         let mut tx = self.begin_write().await?;
-        let committed = apply(&mut tx, writes).await?;
+        let committed = apply(&mut *tx, writes).await?;
         tx.commit().await?;
         Ok(committed)
     }
 }
 
+/// On the SQLite writer's connection: `batch` in one transaction that
+/// takes the write lock up front (as `BEGIN IMMEDIATE` does on the pool).
+fn apply_all(
+    conn: &mut rusqlite::Connection,
+    batch: &[Writes],
+) -> Result<Vec<Applied>, StoreError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for writes in batch {
+        outcomes.push(ready(apply(&mut Direct(&tx), writes))?);
+    }
+    tx.commit()?;
+    Ok(outcomes)
+}
+
 /// Apply `writes` inside a transaction. The event's new status is set
 /// first: if it is no longer waiting to be processed (another worker
 /// finished it after this one's lease ran out), nothing else is written.
-async fn apply(conn: &mut sqlx::AnyConnection, writes: &Writes) -> Result<Applied, StoreError> {
+async fn apply(conn: &mut impl Exec, writes: &Writes) -> Result<Applied, StoreError> {
     let mut event = None;
     if let Some((new, actor)) = &writes.event {
         let now = now_ms();
@@ -302,14 +343,13 @@ async fn apply(conn: &mut sqlx::AnyConnection, writes: &Writes) -> Result<Applie
         event = Some((row, inserted));
     }
     if let Some((id, status)) = &writes.finish {
-        let done = sqlx::query(
-            "UPDATE events SET status = $1, lease_until = NULL WHERE id = $2 AND status = 'received'",
-        )
-        .bind(*status)
-        .bind(id)
-        .execute(&mut *conn)
-        .await?;
-        if done.rows_affected() == 0 {
+        let done = conn
+            .execute(
+                "UPDATE events SET status = $1, lease_until = NULL WHERE id = $2 AND status = 'received'",
+                &[(*status).into(), id.into()],
+            )
+            .await?;
+        if done == 0 {
             return Ok(Applied {
                 committed: Committed::AlreadyFinished,
                 event,
@@ -343,11 +383,11 @@ async fn apply(conn: &mut sqlx::AnyConnection, writes: &Writes) -> Result<Applie
                 provider_id,
             } => {
                 if let Some(provider_id) = provider_id {
-                    sqlx::query("UPDATE messages SET provider_id = $1 WHERE id = $2")
-                        .bind(provider_id)
-                        .bind(&message.id)
-                        .execute(&mut *conn)
-                        .await?;
+                    conn.execute(
+                        "UPDATE messages SET provider_id = $1 WHERE id = $2",
+                        &[provider_id.into(), (&message.id).into()],
+                    )
+                    .await?;
                 }
                 let attempt = Some(("sent", transport_id.as_str()));
                 settle(conn, message, "sent", None, Some(rendered), attempt).await?;
