@@ -103,8 +103,8 @@ pub fn density(d: &Report) -> String {
     s.push_str(
         "\nFirst decision of a tenant whose plugin is not loaded in this process (restarted service; \
          the precompiled artifact on disk), as `POST /v1/plugins/{id}/dry-run` round trips: the first \
-         loads the plugin (component bytes from the database, sha256, deserialize the cached artifact, \
-         link), the second finds it loaded; their difference is the load. `decision µs` is the \
+         loads the plugin (the artifact found by the plugin's recorded sha256, mapped from the \
+         cache directory, deserialized and linked), the second finds it loaded; their difference is the load. `decision µs` is the \
          sandboxed decision's own recorded wall time.\n\n",
     );
     s.push_str("| plugin | samples | first dry-run ms (median / max) | second ms (median) | load = first − second, ms (median / max) | decision µs (median) |\n");
