@@ -34,7 +34,14 @@ impl Writer {
             .name("tidings-sqlite-writer".into())
             .spawn(move || {
                 while let Ok(job) = incoming.recv() {
-                    job(&mut conn);
+                    // A job that panics has its transaction rolled back (and
+                    // its caller told it ended without an answer); the
+                    // thread goes on with the next one.
+                    let ran =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut conn)));
+                    if ran.is_err() && !conn.is_autocommit() {
+                        let _ = conn.execute_batch("ROLLBACK");
+                    }
                 }
             })
             .map_err(|e| StoreError::Batch(format!("cannot start the SQLite writer: {e}")))?;
@@ -56,5 +63,42 @@ impl Writer {
         result
             .await
             .map_err(|_| StoreError::Batch("the SQLite writer stopped mid-way".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_job_that_panics_is_rolled_back_and_the_writer_goes_on() {
+        let dir = std::env::temp_dir().join(super::super::new_id("tidings-writer-test"));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("w.db");
+        rusqlite::Connection::open(&file)
+            .and_then(|c| c.execute_batch("CREATE TABLE t (v INTEGER)"))
+            .expect("table");
+        let writer = Writer::open(&file).expect("open");
+
+        let failed = writer
+            .run(|conn| {
+                conn.execute_batch("BEGIN IMMEDIATE; INSERT INTO t VALUES (1)")
+                    .expect("insert");
+                panic!("a bug in the middle of a transaction");
+            })
+            .await;
+        assert!(failed.is_err(), "the caller is told");
+        let count = writer
+            .run(|conn| {
+                conn.execute_batch("INSERT INTO t VALUES (2)")?;
+                conn.query_row("SELECT COUNT(*), SUM(v) FROM t", [], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+                })
+            })
+            .await
+            .expect("the writer still runs")
+            .expect("query");
+        assert_eq!(count, (1, 2), "the panicked job's insert was rolled back");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -224,62 +224,49 @@ impl Store {
     }
 
     async fn store_batch(&self, batch: Pending, turn: super::WriteTurn) {
-        let (batch, together) = match &self.batch_writer {
+        let (writes, done): (Vec<Writes>, Vec<_>) = batch.into_iter().unzip();
+        let writes = std::sync::Arc::new(writes);
+        let together = match &self.batch_writer {
             Some(writer) => {
-                let (writes, done): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-                let ran = writer
-                    .run(move |conn| {
-                        let outcomes = apply_all(conn, &writes);
-                        (writes, outcomes)
-                    })
-                    .await;
-                match ran {
-                    Ok((writes, outcomes)) => (writes.into_iter().zip(done).collect(), outcomes),
-                    Err(err) => {
-                        drop(turn);
-                        for done in done {
-                            let _ = done.send(Err(StoreError::Batch(err.to_string())));
-                        }
-                        return;
-                    }
-                }
+                let on_thread = writes.clone();
+                // An error here is the transaction's (rolled back) or the
+                // writer's own (it stopped): either way nothing was stored.
+                writer
+                    .run(move |conn| apply_all(conn, &on_thread))
+                    .await
+                    .and_then(|stored| stored)
             }
             None => {
-                let together = async {
+                async {
                     let mut tx = self.begin_write().await?;
-                    let mut outcomes = Vec::with_capacity(batch.len());
-                    for (writes, _) in &batch {
-                        outcomes.push(apply(&mut *tx, writes).await?);
+                    let mut outcomes = Vec::with_capacity(writes.len());
+                    for w in writes.iter() {
+                        outcomes.push(apply(&mut *tx, w).await?);
                     }
                     tx.commit().await?;
                     Ok::<_, StoreError>(outcomes)
                 }
-                .await;
-                (batch, together)
+                .await
             }
         };
         match together {
             Ok(outcomes) => {
                 let flushed = self.durable(turn).await;
-                for ((_, done), outcome) in batch.into_iter().zip(outcomes) {
+                for (done, outcome) in done.into_iter().zip(outcomes) {
                     let _ = done.send(match &flushed {
                         Ok(()) => Ok(outcome),
                         Err(err) => Err(StoreError::Batch(err.to_string())),
                     });
                 }
             }
-            Err(err) if batch.len() > 1 => {
-                tracing::warn!(error = %err, writes = batch.len(), "storing writes together failed; storing each alone");
-                for (writes, done) in batch {
-                    let _ = done.send(self.commit_alone_locked(&writes).await);
+            Err(err) => {
+                // Each on its own, on the pool: one failing `Writes` fails
+                // alone, and a writer thread that stopped loses nothing.
+                tracing::warn!(error = %err, writes = writes.len(), "storing writes together failed; storing each alone");
+                for (w, done) in writes.iter().zip(done) {
+                    let _ = done.send(self.commit_alone_locked(w).await);
                 }
                 let _ = self.durable(turn).await;
-            }
-            Err(err) => {
-                drop(turn);
-                for (_, done) in batch {
-                    let _ = done.send(Err(StoreError::Batch(err.to_string())));
-                }
             }
         }
     }
@@ -601,5 +588,81 @@ impl OwnedEvent {
             occurred_at: self.occurred_at,
             body: &self.body,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event<'a>(tenant_id: &'a str, key: &'a str) -> NewEvent<'a> {
+        NewEvent {
+            tenant_id,
+            external_id: key,
+            idempotency_key: key,
+            order_id: "ord_1",
+            kind: "order_created",
+            occurred_at: 0,
+            body: "{}",
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_that_fail_in_a_batch_fail_alone_and_the_others_are_stored() {
+        let dir = std::env::temp_dir().join(new_id("tidings-writes-test"));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let url = format!("sqlite://{}", dir.join("t.db").display());
+        let store = Store::connect(&url).await.expect("connect");
+        assert!(store.batch_writer.is_some(), "a file has the writer thread");
+        let tenant = store
+            .create_tenant("Shop", "UTC", "en", &serde_json::json!({}))
+            .await
+            .expect("tenant");
+
+        // Both wait for the turn this test holds, so the first to get it
+        // stores them in one batch.
+        let turn = store.writing().await;
+        let (good, bad) = {
+            let (s1, s2) = (store.clone(), store.clone());
+            let tenant_id = tenant.id.clone();
+            let good = tokio::spawn(async move {
+                let mut w = Writes::default();
+                w.event(&event(&tenant_id, "evt_good"), "test");
+                s1.commit_event(w).await
+            });
+            let bad = tokio::spawn(async move {
+                // No such tenant: the foreign key fails.
+                let mut w = Writes::default();
+                w.event(&event("ten_missing", "evt_bad"), "test");
+                s2.commit_event(w).await
+            });
+            (good, bad)
+        };
+        while store
+            .pending
+            .as_ref()
+            .expect("sqlite")
+            .lock()
+            .expect("lock")
+            .len()
+            < 2
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        drop(turn);
+
+        let (row, new) = good
+            .await
+            .expect("task")
+            .expect("the good writes are stored");
+        assert!(new);
+        assert_eq!(row.idempotency_key, "evt_good");
+        assert!(bad.await.expect("task").is_err(), "the bad writes fail");
+        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM events")
+            .fetch_one(store.pool())
+            .await
+            .expect("count");
+        assert_eq!(count, 1);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
