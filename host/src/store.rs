@@ -154,9 +154,7 @@ type WriteTurn = Option<tokio::sync::OwnedMutexGuard<()>>;
 /// commit already moved out of the log is durable too).
 #[derive(Debug)]
 struct WalSync {
-    /// The database file.
-    database: PathBuf,
-    /// Its `-wal` log.
+    /// The database file's `-wal` log.
     path: PathBuf,
     /// Commits asking to be durable so far.
     requested: AtomicU64,
@@ -261,7 +259,9 @@ impl Store {
                     .await?
             }
         };
-        let wal = match backend {
+        // The writer thread only opens the file here; it first writes after
+        // the migrations (below).
+        let (wal, batch_writer) = match backend {
             Backend::Sqlite if !in_memory => {
                 let (file,): (String,) =
                     sqlx::query_as("SELECT file FROM pragma_database_list WHERE name = 'main'")
@@ -270,25 +270,20 @@ impl Store {
                 if file.is_empty() {
                     return Err(StoreError::UnsupportedUrl(url.to_owned()));
                 }
-                Some(Arc::new(WalSync {
+                let wal = WalSync {
                     path: PathBuf::from(format!("{file}-wal")),
-                    database: PathBuf::from(file),
                     requested: AtomicU64::new(0),
                     synced: AtomicU64::new(0),
                     flushing: tokio::sync::Mutex::new(None),
-                }))
+                };
+                let batch_writer = writer::Writer::open(std::path::Path::new(&file))?;
+                (Some(Arc::new(wal)), Some(Arc::new(batch_writer)))
             }
-            _ => None,
+            _ => (None, None),
         };
         let writer = match backend {
             Backend::Sqlite => Some(Arc::new(tokio::sync::Mutex::new(()))),
             Backend::Postgres => None,
-        };
-        // After the migrations (below) it finds the tables; it only opens the
-        // file now.
-        let batch_writer = match &wal {
-            Some(wal) => Some(Arc::new(writer::Writer::open(&wal.database)?)),
-            None => None,
         };
         let store = Self {
             pool,

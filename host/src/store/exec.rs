@@ -60,7 +60,7 @@ pub(super) trait Exec {
     /// Run one statement; returns how many rows it changed.
     async fn execute(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<u64, StoreError>;
 
-    /// The event a query selecting `EVENT_COLUMNS` finds (exactly one).
+    /// The event a query selecting the event's columns finds (exactly one).
     async fn fetch_event(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<EventRow, StoreError>;
 }
 
@@ -84,14 +84,10 @@ impl Exec for sqlx::AnyConnection {
     }
 
     async fn fetch_event(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<EventRow, StoreError> {
-        let mut query = sqlx::query_as(sql);
-        for arg in args {
-            query = match *arg {
-                Arg::Text(v) => query.bind(v),
-                Arg::Int(v) => query.bind(v),
-            };
-        }
-        Ok(query.fetch_one(&mut *self).await?)
+        let row = bind_all(sqlx::query(sql), args)
+            .fetch_one(&mut *self)
+            .await?;
+        Ok(sqlx::FromRow::from_row(&row)?)
     }
 }
 
@@ -112,6 +108,7 @@ impl Direct<'_> {
                 .parameter_name(index)
                 .and_then(|name| name.strip_prefix('$'))
                 .and_then(|n| n.parse::<usize>().ok())
+                .filter(|n| *n > 0)
                 .ok_or_else(|| StoreError::Batch(format!("unsupported parameter in {sql}")))?;
             match args.get(n - 1) {
                 Some(Arg::Text(v)) => statement.raw_bind_parameter(index, v)?,
@@ -135,18 +132,18 @@ impl Exec for Direct<'_> {
         let row = rows
             .next()?
             .ok_or(StoreError::Sqlite(rusqlite::Error::QueryReturnedNoRows))?;
-        // In the order of `EVENT_COLUMNS`.
+        // By name, as sqlx's `FromRow` reads them.
         Ok(EventRow {
-            id: row.get(0)?,
-            tenant_id: row.get(1)?,
-            external_id: row.get(2)?,
-            idempotency_key: row.get(3)?,
-            order_id: row.get(4)?,
-            kind: row.get(5)?,
-            occurred_at: row.get(6)?,
-            received_at: row.get(7)?,
-            body: row.get(8)?,
-            status: row.get(9)?,
+            id: row.get("id")?,
+            tenant_id: row.get("tenant_id")?,
+            external_id: row.get("external_id")?,
+            idempotency_key: row.get("idempotency_key")?,
+            order_id: row.get("order_id")?,
+            kind: row.get("kind")?,
+            occurred_at: row.get("occurred_at")?,
+            received_at: row.get("received_at")?,
+            body: row.get("body")?,
+            status: row.get("status")?,
         })
     }
 }
