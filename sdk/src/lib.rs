@@ -31,6 +31,8 @@
 #![deny(missing_docs)]
 
 pub mod action;
+#[cfg(feature = "bump-alloc")]
+pub mod alloc;
 mod convert;
 #[cfg(target_arch = "wasm32")]
 #[doc(hidden)]
@@ -40,6 +42,12 @@ pub mod testing;
 pub mod types;
 
 pub use action::{Action, RuleError, cancel, escalate, hold_for_approval, notify};
+
+/// Every plugin built with the SDK allocates with [`alloc::Bump`] (see there
+/// why); turn off the `bump-alloc` feature for Rust's default allocator.
+#[cfg(all(target_arch = "wasm32", feature = "bump-alloc"))]
+#[global_allocator]
+static ALLOCATOR: alloc::Bump<alloc::LinearMemory> = alloc::Bump::new(alloc::LinearMemory);
 
 /// Everything a plugin usually needs, in one import.
 pub mod prelude {
