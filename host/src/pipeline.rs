@@ -26,7 +26,8 @@ use crate::policy::{self, Facts, Outcome};
 use crate::schedule::Wakeups;
 use crate::settings::{FailureFallback, TenantSettings};
 use crate::store::{
-    AuditEntry, Committed, EventRow, NewDecision, NewMessage, Store, StoreError, TenantRow, Writes,
+    AuditEntry, Committed, EventRow, FactsQuery, NewDecision, NewMessage, Store, StoreError,
+    TenantRow, Writes,
 };
 
 /// The queue the host itself uses when a plugin fails.
@@ -761,48 +762,35 @@ impl Pipeline {
     ) -> Result<(policy::Verdict, Timestamp), PipelineError> {
         let send_at = crate::schedule::send_at(&notify.timing, now);
         let customer = &event.order.customer;
-        let mut addresses = Vec::new();
-        if let Some(email) = &customer.email {
-            addresses.push(("email".to_owned(), email.clone()));
-        }
-        if let Some(phone) = &customer.phone {
-            addresses.push(("sms".to_owned(), phone.clone()));
-            addresses.push(("whatsapp".to_owned(), phone.clone()));
-        }
-        let suppressed: Vec<Channel> = self
+        // Only marketing counts against the marketing cap.
+        let marketing_since = (notify.category == Category::Marketing)
+            .then(|| settings.policy.marketing_window_start(now).as_millisecond());
+        let found = self
             .store
-            .suppressed(tenant_id, &addresses)
-            .await?
+            .policy_facts(&FactsQuery {
+                tenant_id,
+                customer_id: &customer.id,
+                email: customer.email.as_deref(),
+                phone: customer.phone.as_deref(),
+                cancel_key: notify.cancel_key.as_deref(),
+                dedupe_key: notify.dedupe_key.as_deref(),
+                marketing_since,
+            })
+            .await?;
+        let suppressed: Vec<Channel> = found
+            .suppressed
             .iter()
             .filter_map(|c| parse_enum(c))
             .collect();
-        let cancelled = match &notify.cancel_key {
-            Some(key) => self.store.is_cancelled(tenant_id, key).await?,
-            None => false,
-        };
-        let last_with_dedupe_key = match &notify.dedupe_key {
-            Some(key) => self
-                .store
-                .last_dedupe(tenant_id, key)
-                .await?
-                .and_then(|ms| Timestamp::from_millisecond(ms).ok()),
-            None => None,
-        };
-        // Only marketing counts against the marketing cap.
-        let marketing = if notify.category == Category::Marketing {
-            let window_start = settings.policy.marketing_window_start(now).as_millisecond();
-            self.store
-                .marketing_count(tenant_id, &customer.id, window_start)
-                .await?
-        } else {
-            0
-        };
+        let last_with_dedupe_key = found
+            .last_dedupe
+            .and_then(|ms| Timestamp::from_millisecond(ms).ok());
         let facts = Facts {
             customer,
             suppressed: &suppressed,
-            cancelled,
+            cancelled: found.cancelled,
             last_with_dedupe_key,
-            marketing_sent_in_window: u32::try_from(marketing)
+            marketing_sent_in_window: u32::try_from(found.marketing_count)
                 .unwrap_or(u32::MAX)
                 .saturating_add(unstored_marketing),
             now,

@@ -283,41 +283,49 @@ impl Store {
         .await?)
     }
 
-    /// When a message with `dedupe_key` was last accepted (not suppressed or cancelled).
-    pub async fn last_dedupe(
-        &self,
-        tenant_id: &str,
-        dedupe_key: &str,
-    ) -> Result<Option<i64>, StoreError> {
-        let row: Option<(Option<i64>,)> = sqlx::query_as(
-            "SELECT MAX(created_at) FROM messages
-             WHERE tenant_id = $1 AND dedupe_key = $2 AND status NOT IN ('suppressed', 'cancelled')",
+    /// What policy needs to know from the store about one notification,
+    /// asked in one query (it used to take one each, and on SQLite each is
+    /// a round trip to a connection's thread).
+    pub async fn policy_facts(&self, q: &FactsQuery<'_>) -> Result<PolicyFacts, StoreError> {
+        let (email, sms, whatsapp, cancelled, last_dedupe, marketing): (
+            i64,
+            i64,
+            i64,
+            i64,
+            Option<i64>,
+            i64,
+        ) = sqlx::query_as(
+            "SELECT
+               (SELECT COUNT(*) FROM suppressions WHERE tenant_id = $1 AND channel = 'email' AND address = $2),
+               (SELECT COUNT(*) FROM suppressions WHERE tenant_id = $1 AND channel = 'sms' AND address = $3),
+               (SELECT COUNT(*) FROM suppressions WHERE tenant_id = $1 AND channel = 'whatsapp' AND address = $3),
+               (SELECT COUNT(*) FROM cancel_keys WHERE tenant_id = $1 AND cancel_key = $4),
+               (SELECT MAX(created_at) FROM messages
+                 WHERE tenant_id = $1 AND dedupe_key = $5 AND status NOT IN ('suppressed', 'cancelled')),
+               (SELECT COUNT(*) FROM messages
+                 WHERE $7 IS NOT NULL AND tenant_id = $1 AND customer_id = $6 AND category = 'marketing'
+                   AND status NOT IN ('suppressed', 'cancelled') AND created_at >= $7)",
         )
-        .bind(tenant_id)
-        .bind(dedupe_key)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.and_then(|(at,)| at))
-    }
-
-    /// Marketing messages accepted for a customer since `since_ms`.
-    pub async fn marketing_count(
-        &self,
-        tenant_id: &str,
-        customer_id: &str,
-        since_ms: i64,
-    ) -> Result<i64, StoreError> {
-        let (count,): (i64,) = sqlx::query_as(
-            "SELECT COUNT(*) FROM messages
-             WHERE tenant_id = $1 AND customer_id = $2 AND category = 'marketing'
-               AND status NOT IN ('suppressed', 'cancelled') AND created_at >= $3",
-        )
-        .bind(tenant_id)
-        .bind(customer_id)
-        .bind(since_ms)
+        .bind(q.tenant_id)
+        .bind(q.email)
+        .bind(q.phone)
+        .bind(q.cancel_key)
+        .bind(q.dedupe_key)
+        .bind(q.customer_id)
+        .bind(q.marketing_since)
         .fetch_one(&self.pool)
         .await?;
-        Ok(count)
+        let suppressed = [("email", email), ("sms", sms), ("whatsapp", whatsapp)]
+            .into_iter()
+            .filter(|&(_, n)| n > 0)
+            .map(|(channel, _)| channel)
+            .collect();
+        Ok(PolicyFacts {
+            suppressed,
+            cancelled: cancelled > 0,
+            last_dedupe,
+            marketing_count: marketing,
+        })
     }
 
     /// Lease up to `limit` due messages for `owner` for `lease_ms`:
@@ -507,29 +515,6 @@ impl Store {
         Ok(row.is_some())
     }
 
-    /// Channels among `candidates` whose address is on the suppression list.
-    pub async fn suppressed(
-        &self,
-        tenant_id: &str,
-        candidates: &[(String, String)],
-    ) -> Result<Vec<String>, StoreError> {
-        let mut out = Vec::new();
-        for (channel, address) in candidates {
-            let row: Option<(String,)> = sqlx::query_as(
-                "SELECT channel FROM suppressions WHERE tenant_id = $1 AND channel = $2 AND address = $3",
-            )
-            .bind(tenant_id)
-            .bind(channel)
-            .bind(address)
-            .fetch_optional(&self.pool)
-            .await?;
-            if row.is_some() {
-                out.push(channel.clone());
-            }
-        }
-        Ok(out)
-    }
-
     /// Put an address on the tenant's suppression list.
     pub async fn suppress(
         &self,
@@ -571,6 +556,39 @@ impl Store {
         .fetch_all(&self.pool)
         .await?)
     }
+}
+
+/// What [`Store::policy_facts`] looks up.
+#[derive(Debug, Clone, Copy)]
+pub struct FactsQuery<'a> {
+    /// Tenant.
+    pub tenant_id: &'a str,
+    /// The customer, for the marketing cap.
+    pub customer_id: &'a str,
+    /// The customer's email address, checked against the suppression list.
+    pub email: Option<&'a str>,
+    /// The customer's phone number, checked for SMS and WhatsApp.
+    pub phone: Option<&'a str>,
+    /// The notification's cancel key.
+    pub cancel_key: Option<&'a str>,
+    /// The notification's dedupe key.
+    pub dedupe_key: Option<&'a str>,
+    /// Marketing only: count the customer's marketing messages since then (ms).
+    pub marketing_since: Option<i64>,
+}
+
+/// What [`Store::policy_facts`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyFacts {
+    /// Channels (`email`, `sms`, `whatsapp`) whose address is suppressed.
+    pub suppressed: Vec<&'static str>,
+    /// The cancel key was used.
+    pub cancelled: bool,
+    /// When a message with the dedupe key was last accepted (not
+    /// suppressed or cancelled), ms.
+    pub last_dedupe: Option<i64>,
+    /// Marketing messages accepted for the customer since `marketing_since`.
+    pub marketing_count: i64,
 }
 
 /// A recorded decision.
