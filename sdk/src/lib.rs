@@ -43,9 +43,12 @@ pub mod types;
 
 pub use action::{Action, RuleError, cancel, escalate, hold_for_approval, notify};
 
-/// Every plugin built with the SDK allocates with [`alloc::Bump`] (see there
-/// why); turn off the `bump-alloc` feature for Rust's default allocator.
-#[cfg(all(target_arch = "wasm32", feature = "bump-alloc"))]
+/// Every plugin component built with the SDK (`wasm32-wasip2`) allocates
+/// with [`alloc::Bump`] (see there why); turn off the `bump-alloc` feature
+/// for Rust's default allocator. Other Wasm targets (such as the Extism
+/// build of a rule in the benchmarks, whose instance lives across calls)
+/// keep Rust's default.
+#[cfg(all(target_arch = "wasm32", target_os = "wasi", feature = "bump-alloc"))]
 #[global_allocator]
 static ALLOCATOR: alloc::Bump<alloc::LinearMemory> = alloc::Bump::new(alloc::LinearMemory);
 
