@@ -26,7 +26,7 @@ use crate::policy::{self, Facts, Outcome};
 use crate::schedule::Wakeups;
 use crate::settings::{FailureFallback, TenantSettings};
 use crate::store::{
-    AuditEntry, Committed, EventRow, FactsQuery, NewDecision, NewMessage, Store, StoreError,
+    AuditEntry, Committed, Count, EventRow, FactsQuery, NewDecision, NewMessage, Store, StoreError,
     TenantRow, Writes,
 };
 
@@ -319,7 +319,7 @@ impl Pipeline {
             .await?;
         }
         writes.finish_event(&row.id, "processed");
-        if self.store.commit(writes).await? == Committed::AlreadyFinished {
+        if self.commit(writes).await? == Committed::AlreadyFinished {
             tracing::warn!(event = %row.id, "event already processed by another worker; this attempt stored nothing");
         }
         Ok(())
@@ -328,8 +328,22 @@ impl Pipeline {
     /// Store what `writes` holds so far, before a step that writes on its
     /// own (tickets, cancellations), so the audit trail stays in order.
     async fn flush(&self, writes: &mut Writes) -> Result<(), PipelineError> {
-        self.store.commit(std::mem::take(writes)).await?;
+        self.commit(std::mem::take(writes)).await?;
         Ok(())
+    }
+
+    /// Store `writes`, then count the messages they created.
+    async fn commit(&self, writes: Writes) -> Result<Committed, PipelineError> {
+        let stored = self.store.commit_counted(writes).await?;
+        for count in &stored.counts {
+            let labels: Vec<(&'static str, &str)> = count
+                .labels
+                .iter()
+                .map(|(name, value)| (*name, value.as_str()))
+                .collect();
+            self.metrics.inc(count.name, &labels);
+        }
+        Ok(stored.committed)
     }
 
     async fn decide_all(
@@ -704,24 +718,26 @@ impl Pipeline {
             Outcome::Suppress(r) | Outcome::Defer { reason: r, .. } => r.code(),
             Outcome::Send { .. } => "allowed",
         };
-        if status == "suppressed" {
-            self.metrics.inc(
-                "tidings_messages_total",
-                &[
-                    ("tenant", &row.tenant_id),
-                    ("channel", &message.channel),
-                    ("status", "suppressed"),
-                ],
-            );
-        }
-        self.metrics.inc(
-            "tidings_policy_verdicts_total",
-            &[
-                ("tenant", &row.tenant_id),
-                ("verdict", verdict_name),
-                ("reason", reason_code),
+        // Counted once the message is created, so not twice for an event
+        // processed again.
+        let mut counts = vec![Count {
+            name: "tidings_policy_verdicts_total",
+            labels: vec![
+                ("tenant", row.tenant_id.clone()),
+                ("verdict", verdict_name.to_owned()),
+                ("reason", reason_code.to_owned()),
             ],
-        );
+        }];
+        if status == "suppressed" {
+            counts.push(Count {
+                name: "tidings_messages_total",
+                labels: vec![
+                    ("tenant", row.tenant_id.clone()),
+                    ("channel", message.channel.clone()),
+                    ("status", "suppressed".to_owned()),
+                ],
+            });
+        }
         let detail = json!({
             "verdict": verdict,
             "template": notify.template,
@@ -731,7 +747,7 @@ impl Pipeline {
         // A message an earlier attempt at this event stored is not stored
         // (or audited) again.
         let audit = audit_entry(row, Some(id), "policy", verdict_name, "system", detail);
-        writes.message(id, &message, &fallbacks, audit);
+        writes.message(id, &message, &fallbacks, audit, counts);
         Ok(())
     }
 

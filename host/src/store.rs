@@ -46,7 +46,7 @@ pub use messages::{
 };
 pub use plugins::{InstallRow, PluginRow};
 pub use tenants::{ApiKeyRow, TemplateRow, TenantRow};
-pub use writes::{Committed, NewDecision, Writes};
+pub use writes::{Committed, Count, NewDecision, Stored, Writes};
 
 /// Which database is behind the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

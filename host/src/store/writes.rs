@@ -36,6 +36,26 @@ pub struct NewDecision<'a> {
     pub duration_us: i64,
 }
 
+/// A counter to add one to, with its labels, once the message it comes with
+/// is created: an event processed again after a crash finds its messages
+/// stored and counts them no second time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Count {
+    /// Metric name.
+    pub name: &'static str,
+    /// Label names and values.
+    pub labels: Vec<(&'static str, String)>,
+}
+
+/// What [`Store::commit_counted`] stored.
+#[derive(Debug)]
+pub struct Stored {
+    /// Whether it was stored at all.
+    pub committed: Committed,
+    /// The counts of the messages it created (see [`Writes::message`]).
+    pub counts: Vec<Count>,
+}
+
 /// Writes gathered while a step runs, stored by [`Store::commit`].
 #[derive(Debug, Default)]
 pub struct Writes {
@@ -50,6 +70,8 @@ pub struct Writes {
 #[derive(Debug)]
 pub(super) struct Applied {
     committed: Committed,
+    /// The counts of the messages created.
+    counts: Vec<Count>,
     event: Option<(EventRow, bool)>,
 }
 
@@ -64,6 +86,7 @@ enum Step {
         message: Box<OwnedMessage>,
         fallbacks: String,
         audit: OwnedAudit,
+        counts: Vec<Count>,
     },
     /// A message handed to its transport.
     Sent {
@@ -108,19 +131,22 @@ impl Writes {
     }
 
     /// Create the message `id` with its fallback channels (a JSON list)
-    /// unless it exists, and append `audit` if it was created.
+    /// unless it exists, and append `audit` if it was created; `counts` are
+    /// reported back by [`Store::commit_counted`] if it was.
     pub fn message(
         &mut self,
         id: &str,
         m: &NewMessage<'_>,
         fallbacks: &str,
         audit: AuditEntry<'_>,
+        counts: Vec<Count>,
     ) {
         self.steps.push(Step::Message {
             id: id.to_owned(),
             message: Box::new(OwnedMessage::from(m)),
             fallbacks: fallbacks.to_owned(),
             audit: OwnedAudit::from(audit),
+            counts,
         });
     }
 
@@ -178,7 +204,23 @@ impl Store {
         if writes.is_empty() {
             return Ok(Committed::Stored);
         }
-        Ok(self.commit_applied(writes).await?.committed)
+        Ok(self.commit_counted(writes).await?.committed)
+    }
+
+    /// [`Store::commit`], also returning the counts of the messages these
+    /// writes created (none if nothing was stored).
+    pub async fn commit_counted(&self, writes: Writes) -> Result<Stored, StoreError> {
+        if writes.is_empty() {
+            return Ok(Stored {
+                committed: Committed::Stored,
+                counts: Vec::new(),
+            });
+        }
+        let applied = self.commit_applied(writes).await?;
+        Ok(Stored {
+            committed: applied.committed,
+            counts: applied.counts,
+        })
     }
 
     /// Store the event of `writes` (see [`Writes::event`]); returns it and
@@ -339,10 +381,12 @@ async fn apply(conn: &mut impl Exec, writes: &Writes) -> Result<Applied, StoreEr
         if done == 0 {
             return Ok(Applied {
                 committed: Committed::AlreadyFinished,
+                counts: Vec::new(),
                 event,
             });
         }
     }
+    let mut counts = Vec::new();
     for step in &writes.steps {
         match step {
             Step::Audit(a) => {
@@ -357,10 +401,12 @@ async fn apply(conn: &mut impl Exec, writes: &Writes) -> Result<Applied, StoreEr
                 message,
                 fallbacks,
                 audit,
+                counts: created,
             } => {
                 if insert_message(conn, id, &message.view(), fallbacks).await? {
                     let (entry, at) = audit.view();
                     insert_audit(conn, &entry, at).await?;
+                    counts.extend(created.iter().cloned());
                 }
             }
             Step::Sent {
@@ -383,6 +429,7 @@ async fn apply(conn: &mut impl Exec, writes: &Writes) -> Result<Applied, StoreEr
     }
     Ok(Applied {
         committed: Committed::Stored,
+        counts,
         event,
     })
 }

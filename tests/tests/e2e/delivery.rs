@@ -205,6 +205,20 @@ async fn an_event_processed_again_after_a_crash_schedules_nothing_twice(db: Db) 
     assert_eq!(decisions, 1, "one decision per event and plugin");
     let sent = std::fs::read_dir(&service.outbox).expect("outbox").count();
     assert_eq!(sent, first.len());
+    // Counted for the messages created, not for each attempt at the event.
+    let (_, metrics) = service.call(Method::GET, "/metrics", None, None).await;
+    let verdicts: f64 = metrics
+        .as_str()
+        .expect("text")
+        .lines()
+        .filter(|line| line.starts_with("tidings_policy_verdicts_total{"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(
+        verdicts,
+        first.len() as f64,
+        "one policy verdict per message"
+    );
 }
 
 async fn a_plugin_that_no_longer_loads_is_a_fault_and_the_other_plugins_still_decide(db: Db) {
