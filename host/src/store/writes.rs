@@ -201,9 +201,6 @@ impl Store {
     /// if any of them fails, the transaction is rolled back and each is
     /// stored again on its own.
     pub async fn commit(&self, writes: Writes) -> Result<Committed, StoreError> {
-        if writes.is_empty() {
-            return Ok(Committed::Stored);
-        }
         Ok(self.commit_counted(writes).await?.committed)
     }
 
