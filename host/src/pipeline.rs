@@ -23,6 +23,7 @@ use tidings_sdk::types::{
 use crate::decide::{DecideError, Decision, LoadError, Plugin, Runtime};
 use crate::metrics::Metrics;
 use crate::policy::{self, Facts, Outcome};
+use crate::render::TemplateCache;
 use crate::schedule::Wakeups;
 use crate::settings::{FailureFallback, TenantSettings};
 use crate::store::{
@@ -72,6 +73,8 @@ pub struct Pipeline {
     pub metrics: Arc<Metrics>,
     /// Wakes the workers when work arrives.
     pub wake: Arc<Wakeups>,
+    /// Templates compiled for the message worker, reused across messages.
+    pub templates: Arc<TemplateCache>,
     clock: Clock,
     lease: std::time::Duration,
     plugins: Arc<Mutex<HashMap<String, Plugin>>>,
@@ -96,6 +99,7 @@ impl Pipeline {
             runtime,
             metrics,
             wake: Arc::new(Wakeups::default()),
+            templates: Arc::new(TemplateCache::default()),
             clock: Arc::new(Timestamp::now),
             lease: crate::schedule::LEASE,
             plugins: Arc::new(Mutex::new(HashMap::new())),

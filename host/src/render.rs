@@ -23,6 +23,8 @@
 //! the template lacks, or a part that renders to nothing.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
 
 use jiff::tz::TimeZone;
 use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior};
@@ -184,12 +186,21 @@ fn channel_name(channel: Channel) -> &'static str {
     }
 }
 
-/// Render `req.template` for `req.channel` from `templates`.
+/// Render `req.template` for `req.channel` from `templates`, compiling its
+/// parts for this render only ([`TemplateCache::render`] reuses them).
 ///
 /// The first locale of [`locale_chain`] (from the request's locale, else the
 /// customer's) that has the template is used for all its parts; an email
 /// layout is looked up through the same chain starting from that locale.
 pub fn render(templates: &TemplateSet, req: &RenderRequest<'_>) -> Result<Rendered, RenderError> {
+    render_with(templates, req, None)
+}
+
+fn render_with(
+    templates: &TemplateSet,
+    req: &RenderRequest<'_>,
+    cache: Option<&TemplateCache>,
+) -> Result<Rendered, RenderError> {
     let requested = req.locale.unwrap_or(&req.event.order.customer.locale);
     let chain = locale_chain(requested, req.tenant_default_locale);
     let Some((used, parts)) = chain.iter().enumerate().find_map(|(i, locale)| {
@@ -206,25 +217,29 @@ pub fn render(templates: &TemplateSet, req: &RenderRequest<'_>) -> Result<Render
 
     let layout_chain = &chain[used..];
     let layout = layout_chain.iter().find_map(|locale| {
-        find(templates, LAYOUT, Channel::Email, locale).and_then(|layout| layout.html.clone())
+        find(templates, LAYOUT, Channel::Email, locale).and_then(|layout| layout.html.as_deref())
     });
-    let renderer = Renderer::new(req, locale, parts, layout, layout_chain);
+    let sources = Sources::of(parts, layout, req.channel);
+    let compiled = match cache {
+        Some(cache) => cache.compiled(sources)?,
+        None => Arc::new(Compiled::new(sources)?),
+    };
+    let renderer = Renderer::new(req, locale, &compiled, layout_chain);
 
-    let email = req.channel == Channel::Email;
     let subject = renderer
-        .part("subject", parts.subject.as_deref().filter(|_| email))?
+        .part("subject")?
         .map(|subject| subject.split_whitespace().collect::<Vec<_>>().join(" "));
     if subject.as_deref() == Some("") {
         return Err(RenderError::Empty { part: "subject" });
     }
     let text = renderer
-        .part("text", parts.text.as_deref())?
+        .part("text")?
         .map(|text| tidy_text(&text))
         .unwrap_or_default();
     if text.is_empty() {
         return Err(RenderError::Empty { part: "text" });
     }
-    let html = renderer.part("html", parts.html.as_deref().filter(|_| email))?;
+    let html = renderer.part("html")?;
 
     Ok(Rendered {
         template: req.template.to_owned(),
@@ -234,6 +249,204 @@ pub fn render(templates: &TemplateSet, req: &RenderRequest<'_>) -> Result<Render
         text,
         html: html.map(|html| html.trim().to_owned()),
     })
+}
+
+/// How many compiled templates a [`TemplateCache`] keeps.
+pub const CACHE_ENTRIES: usize = 1024;
+
+/// Compiled templates shared by renders, keyed by their sources: the message
+/// worker renders the same few templates over and over, and compiling them
+/// costs more than rendering them. Tenants whose templates are the same text
+/// (the bundled ones, say) share one entry; an edited template is new text,
+/// so a stale compilation is never used. Holds at most [`CACHE_ENTRIES`],
+/// dropping the least recently used.
+#[derive(Debug, Default)]
+pub struct TemplateCache {
+    entries: Mutex<CacheEntries>,
+}
+
+#[derive(Debug, Default)]
+struct CacheEntries {
+    by_sources: HashMap<u64, CacheEntry>,
+    clock: u64,
+}
+
+#[derive(Debug)]
+struct CacheEntry {
+    compiled: Arc<Compiled>,
+    last_used: u64,
+}
+
+impl TemplateCache {
+    /// [`render`], with the template's parts compiled once and reused.
+    pub fn render(
+        &self,
+        templates: &TemplateSet,
+        req: &RenderRequest<'_>,
+    ) -> Result<Rendered, RenderError> {
+        render_with(templates, req, Some(self))
+    }
+
+    /// How many compiled templates are held.
+    pub fn len(&self) -> usize {
+        self.lock().by_sources.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheEntries> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The compilation of `sources`, compiled now if not held. A failed
+    /// compilation is not kept: the error is the render's.
+    fn compiled(&self, sources: Sources<'_>) -> Result<Arc<Compiled>, RenderError> {
+        let key = sources.key();
+        {
+            let mut entries = self.lock();
+            entries.clock += 1;
+            let now = entries.clock;
+            if let Some(entry) = entries.by_sources.get_mut(&key) {
+                if entry.compiled.sources.matches(&sources) {
+                    entry.last_used = now;
+                    return Ok(entry.compiled.clone());
+                }
+                // Another text with the same hash: compiled for this render only.
+                return Ok(Arc::new(Compiled::new(sources)?));
+            }
+        }
+        // Compiled without the lock: other renders go on meanwhile.
+        let compiled = Arc::new(Compiled::new(sources)?);
+        let mut entries = self.lock();
+        if entries.by_sources.len() >= CACHE_ENTRIES
+            && let Some(oldest) = entries
+                .by_sources
+                .iter()
+                .min_by_key(|(_, entry)| entry.last_used)
+                .map(|(key, _)| *key)
+        {
+            entries.by_sources.remove(&oldest);
+        }
+        let last_used = entries.clock;
+        entries.by_sources.insert(
+            key,
+            CacheEntry {
+                compiled: compiled.clone(),
+                last_used,
+            },
+        );
+        Ok(compiled)
+    }
+}
+
+/// The sources one render compiles: the parts its channel uses (those with
+/// something in them) and the layout.
+#[derive(Debug, Clone, Copy, Hash)]
+struct Sources<'a> {
+    subject: Option<&'a str>,
+    text: Option<&'a str>,
+    html: Option<&'a str>,
+    layout: Option<&'a str>,
+}
+
+impl<'a> Sources<'a> {
+    fn of(parts: &'a TemplateParts, layout: Option<&'a str>, channel: Channel) -> Self {
+        let email = channel == Channel::Email;
+        let used = |part: &'a Option<String>, used: bool| {
+            part.as_deref()
+                .filter(|source| used && !source.trim().is_empty())
+        };
+        Sources {
+            subject: used(&parts.subject, email),
+            text: used(&parts.text, true),
+            html: used(&parts.html, email),
+            layout: layout.filter(|_| email),
+        }
+    }
+
+    /// The key of these sources in a [`TemplateCache`].
+    fn key(&self) -> u64 {
+        let mut hasher = std::hash::DefaultHasher::new();
+        self.hash(&mut hasher);
+        hasher.finish()
+    }
+}
+
+/// [`Sources`], owned.
+#[derive(Debug)]
+struct OwnedSources {
+    subject: Option<String>,
+    text: Option<String>,
+    html: Option<String>,
+    layout: Option<String>,
+}
+
+impl OwnedSources {
+    fn matches(&self, other: &Sources<'_>) -> bool {
+        self.subject.as_deref() == other.subject
+            && self.text.as_deref() == other.text
+            && self.html.as_deref() == other.html
+            && self.layout.as_deref() == other.layout
+    }
+
+    /// The source of `part` (`subject`, `text`, `html` or `layout`).
+    fn part(&self, part: &str) -> Option<&str> {
+        match part {
+            "subject" => self.subject.as_deref(),
+            "text" => self.text.as_deref(),
+            "html" => self.html.as_deref(),
+            LAYOUT => self.layout.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// A template's parts, compiled. The `html` part is compiled in an
+/// environment of its own, where the plain parts do not exist, so that it
+/// cannot include the unescaped `text` part; both environments can load only
+/// the layout. The language and timezone filters are added per render.
+#[derive(Debug)]
+struct Compiled {
+    sources: OwnedSources,
+    plain: Environment<'static>,
+    html: Environment<'static>,
+}
+
+impl Compiled {
+    fn new(sources: Sources<'_>) -> Result<Self, RenderError> {
+        let sources = OwnedSources {
+            subject: sources.subject.map(str::to_owned),
+            text: sources.text.map(str::to_owned),
+            html: sources.html.map(str::to_owned),
+            layout: sources.layout.map(str::to_owned),
+        };
+        let mut plain = environment(sources.layout.clone());
+        let mut html = environment(sources.layout.clone());
+        for part in ["subject", "text", "html"] {
+            let env = if part == "html" {
+                &mut html
+            } else {
+                &mut plain
+            };
+            if let Some(source) = sources.part(part) {
+                env.add_template_owned(part, source.to_owned())
+                    .map_err(|err| syntax_error(part, &err))?;
+            }
+        }
+        if sources.html.is_some() && sources.layout.is_some() {
+            // Compiled here once rather than in every render; a layout that
+            // does not compile fails the render that extends it, as before.
+            let _ = html.get_template(LAYOUT);
+        }
+        Ok(Compiled {
+            sources,
+            plain,
+            html,
+        })
+    }
 }
 
 /// The locales to try, best first: `it-IT` → [`it-IT`, `it`, tenant default
@@ -372,7 +585,7 @@ fn trim_blank_lines(lines: &[&str]) -> String {
 /// syntax errors name the part and line. Only the parts `channel` uses are
 /// checked; whether the needed ones are there is [`check_complete`]'s job.
 pub fn validate(parts: &TemplateParts, channel: Channel) -> Result<(), RenderError> {
-    let env = environment(Lang::En, TimeZone::UTC, DEFAULT_FUEL, None);
+    let env = configured(&environment(None), Lang::En, TimeZone::UTC, DEFAULT_FUEL);
     for (part, source) in used_parts(parts, channel) {
         if let Some(source) = source {
             env.template_from_named_str(part, source)
@@ -427,11 +640,11 @@ fn tidy_text(text: &str) -> String {
     text[start..].to_owned()
 }
 
-/// The environment every part is compiled and rendered in.
-fn environment<'s>(lang: Lang, tz: TimeZone, fuel: u64, layout: Option<String>) -> Environment<'s> {
+/// The environment every part is compiled in; [`Renderer::new`] adds the
+/// fuel and the filters of the render's language and timezone.
+fn environment(layout: Option<String>) -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
-    env.set_fuel(Some(fuel));
     env.set_auto_escape_callback(|name| {
         if name == "html" || name == LAYOUT {
             AutoEscape::Html
@@ -439,12 +652,35 @@ fn environment<'s>(lang: Lang, tz: TimeZone, fuel: u64, layout: Option<String>) 
             AutoEscape::None
         }
     });
-    // Only the layout can be loaded: the parts are compiled outside the
-    // environment's registry, so an `html` part cannot include the unescaped
-    // `text` part.
+    // Only the layout can be loaded.
     env.set_loader(move |name| Ok(if name == LAYOUT { layout.clone() } else { None }));
+    env
+}
+
+/// A compiled environment made ready for one render.
+fn configured(
+    env: &Environment<'static>,
+    lang: Lang,
+    tz: TimeZone,
+    fuel: u64,
+) -> Environment<'static> {
+    let mut env = env.clone();
+    env.set_fuel(Some(fuel));
     format::add_filters(&mut env, lang, tz);
     env
+}
+
+/// A part (or the layout it extends) that does not compile.
+fn syntax_error(part: &'static str, err: &minijinja::Error) -> RenderError {
+    let part = if err.name() == Some(LAYOUT) {
+        LAYOUT
+    } else {
+        part
+    };
+    RenderError::Syntax {
+        part,
+        message: located(err, syntax_detail(err)),
+    }
 }
 
 /// `line 3: what`, for an error minijinja located in a part.
@@ -461,13 +697,14 @@ fn syntax_detail(err: &minijinja::Error) -> String {
         .map_or_else(|| err.kind().to_string(), str::to_owned)
 }
 
-/// One render: the environment, the context and what is needed to explain
-/// an error.
+/// One render: the compiled parts made ready for it, the context and what is
+/// needed to explain an error.
 struct Renderer<'a> {
-    env: Environment<'a>,
+    plain: Environment<'static>,
+    /// Only when the template has an `html` part.
+    html: Option<Environment<'static>>,
     context: TemplateContext,
-    parts: &'a TemplateParts,
-    layout: Option<String>,
+    sources: &'a OwnedSources,
     layout_tried: &'a [String],
 }
 
@@ -475,38 +712,39 @@ impl<'a> Renderer<'a> {
     fn new(
         req: &RenderRequest<'_>,
         locale: &str,
-        parts: &'a TemplateParts,
-        layout: Option<String>,
+        compiled: &'a Compiled,
         layout_tried: &'a [String],
     ) -> Self {
         let tz = format::timezone(&req.event.order.customer.timezone);
-        let env = environment(Lang::of_locale(locale), tz, req.fuel, layout.clone());
-        let globals = env.globals().map(|(name, _)| name.to_owned());
+        let lang = Lang::of_locale(locale);
+        let html = compiled
+            .sources
+            .html
+            .is_some()
+            .then(|| configured(&compiled.html, lang, tz.clone(), req.fuel));
+        let plain = configured(&compiled.plain, lang, tz, req.fuel);
+        let globals = plain.globals().map(|(name, _)| name.to_owned());
         let context = TemplateContext::new(req, locale, globals);
         Renderer {
-            env,
+            plain,
+            html,
             context,
-            parts,
-            layout,
+            sources: &compiled.sources,
             layout_tried,
         }
     }
 
     /// Render one part, if the template has it.
-    fn part(
-        &self,
-        part: &'static str,
-        source: Option<&'a str>,
-    ) -> Result<Option<String>, RenderError> {
-        let Some(source) = source.filter(|s| !s.trim().is_empty()) else {
+    fn part(&self, part: &'static str) -> Result<Option<String>, RenderError> {
+        if self.sources.part(part).is_none() {
             return Ok(None);
+        }
+        let env = match &self.html {
+            Some(html) if part == "html" => html,
+            _ => &self.plain,
         };
-        let template = self
-            .env
-            .template_from_named_str(part, source)
-            .map_err(|err| self.error(part, &err))?;
-        template
-            .render(self.context.root())
+        env.get_template(part)
+            .and_then(|template| template.render(self.context.root()))
             .map(Some)
             .map_err(|err| self.error(part, &err))
     }
@@ -519,12 +757,9 @@ impl<'a> Renderer<'a> {
         };
         match err.kind() {
             ErrorKind::OutOfFuel => RenderError::FuelExhausted { part },
-            ErrorKind::SyntaxError => RenderError::Syntax {
-                part,
-                message: located(err, syntax_detail(err)),
-            },
+            ErrorKind::SyntaxError => syntax_error(part, err),
             ErrorKind::TemplateNotFound
-                if self.layout.is_none()
+                if self.sources.layout.is_none()
                     && err
                         .detail()
                         .is_some_and(|d| d.contains(&format!("{LAYOUT:?}"))) =>
@@ -553,13 +788,7 @@ impl<'a> Renderer<'a> {
     /// The variable behind an undefined-value error: the latest failed lookup
     /// whose last name appears on the failing line.
     fn undefined_name(&self, err: &minijinja::Error) -> Option<String> {
-        let source = match err.name()? {
-            "subject" => self.parts.subject.as_deref(),
-            "text" => self.parts.text.as_deref(),
-            "html" => self.parts.html.as_deref(),
-            LAYOUT => self.layout.as_deref(),
-            _ => None,
-        }?;
+        let source = self.sources.part(err.name()?)?;
         let line = source.lines().nth(err.line()?.checked_sub(1)?)?;
         self.context.undefined_on(line)
     }
@@ -626,6 +855,20 @@ mod tests {
         ) -> Result<Rendered, RenderError> {
             render(templates, &self.request(template, channel))
         }
+    }
+
+    /// [`super::render`], checking on the way that a [`TemplateCache`]
+    /// shared by all tests gives the same result, when it compiles the
+    /// template and when it reuses the compilation.
+    fn render(templates: &TemplateSet, req: &RenderRequest<'_>) -> Result<Rendered, RenderError> {
+        static CACHE: std::sync::LazyLock<TemplateCache> =
+            std::sync::LazyLock::new(TemplateCache::default);
+        let fresh = super::render(templates, req);
+        for _ in 0..2 {
+            let cached = CACHE.render(templates, req);
+            assert_eq!(format!("{cached:?}"), format!("{fresh:?}"));
+        }
+        fresh
     }
 
     fn email(subject: &str, text: &str, html: Option<&str>) -> TemplateParts {
@@ -1363,6 +1606,105 @@ mod tests {
             matches!(err, RenderError::Syntax { part: "text", .. }),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn one_compilation_serves_customers_in_other_languages_and_timezones() {
+        let cache = TemplateCache::default();
+        let template = "{{ data.at|datetime }} {{ order.total|money }}";
+        let render_for = |locale: &str, timezone: &str| {
+            let case = Case::new(EventKind::ShipmentCreated)
+                .customer(locale, timezone)
+                .data("at", "2026-11-26T23:30:00Z");
+            // The same text stored for both languages: one compilation.
+            let templates = set(vec![("t", Channel::Sms, locale, text_only(template))]);
+            let mut req = case.request("t", Channel::Sms);
+            req.locale = Some(locale);
+            let cached = cache.render(&templates, &req).expect("renders").text;
+            assert_eq!(
+                cached,
+                super::render(&templates, &req).expect("renders").text
+            );
+            cached
+        };
+        let rome = render_for("it", "Europe/Rome");
+        let new_york = render_for("en", "America/New_York");
+        assert!(rome.starts_with("27 novembre 2026, 00:30"), "{rome}");
+        assert!(new_york.starts_with("November 26, 2026"), "{new_york}");
+        assert_ne!(rome, new_york);
+        assert_eq!(cache.len(), 1, "one template, compiled once");
+    }
+
+    #[test]
+    fn an_edited_template_is_compiled_again() {
+        let cache = TemplateCache::default();
+        let case = Case::new(EventKind::OrderPaid);
+        let mut req = case.request("t", Channel::Sms);
+        req.locale = Some("en");
+        let before = set(vec![(
+            "t",
+            Channel::Sms,
+            "en",
+            text_only("Paid {{ order.number }}"),
+        )]);
+        let after = set(vec![(
+            "t",
+            Channel::Sms,
+            "en",
+            text_only("Thanks for {{ order.number }}"),
+        )]);
+        let number = &case.event.order.number;
+        assert_eq!(
+            cache.render(&before, &req).expect("renders").text,
+            format!("Paid {number}")
+        );
+        assert_eq!(
+            cache.render(&after, &req).expect("renders").text,
+            format!("Thanks for {number}")
+        );
+        let broken = set(vec![("t", Channel::Sms, "en", text_only("{% if %}"))]);
+        assert!(matches!(
+            cache.render(&broken, &req),
+            Err(RenderError::Syntax { part: "text", .. })
+        ));
+        assert_eq!(
+            cache.len(),
+            2,
+            "a template that does not compile is not kept"
+        );
+    }
+
+    #[test]
+    fn the_cache_drops_the_least_recently_used_when_full() {
+        let cache = TemplateCache::default();
+        let case = Case::new(EventKind::OrderPaid);
+        let mut req = case.request("t", Channel::Sms);
+        req.locale = Some("en");
+        let render_text = |text: &str| {
+            let templates = set(vec![("t", Channel::Sms, "en", text_only(text))]);
+            cache.render(&templates, &req).expect("renders").text
+        };
+        for n in 0..CACHE_ENTRIES {
+            render_text(&format!("message {n}"));
+        }
+        assert_eq!(cache.len(), CACHE_ENTRIES);
+        // The first one used again: the second is now the oldest.
+        render_text("message 0");
+        render_text("one more");
+        assert_eq!(cache.len(), CACHE_ENTRIES);
+        let held = |text: &str| {
+            let sources = Sources {
+                subject: None,
+                text: Some(text),
+                html: None,
+                layout: None,
+            };
+            cache.lock().by_sources.contains_key(&sources.key())
+        };
+        assert!(held("message 0"));
+        assert!(!held("message 1"));
+        assert!(held("message 2"));
+        assert!(held("one more"));
     }
 
     #[test]

@@ -660,7 +660,7 @@ pub async fn render_message(
         now: pipeline.now(),
         fuel: render::DEFAULT_FUEL,
     };
-    Ok(render::render(&templates, &request))
+    Ok(pipeline.templates.render(&templates, &request))
 }
 
 /// `m` as a notice to send now on `channel`, for policy to judge again at
