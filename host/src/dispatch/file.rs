@@ -42,7 +42,7 @@ impl FileTransport {
             }
         };
         let transport_id = path.display().to_string();
-        // One hand-off to a blocking thread for the three file operations.
+        // One hand-off to a blocking thread for the file operations.
         tokio::task::spawn_blocking(move || write_atomically(&path, &bytes))
             .await
             .map_err(|e| DispatchError::transient(format!("the file writer failed: {e}")))??;
@@ -54,13 +54,21 @@ impl FileTransport {
 }
 
 /// Write `bytes` to `path` through a temporary file and a rename, creating
-/// the directory if needed.
+/// the directory when it is not there (the first message, or someone removed
+/// it meanwhile).
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), DispatchError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)
-        .map_err(|e| DispatchError::transient(format!("cannot create {}: {e}", dir.display())))?;
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)
+    let written = match std::fs::write(&tmp, bytes) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            std::fs::create_dir_all(dir).map_err(|e| {
+                DispatchError::transient(format!("cannot create {}: {e}", dir.display()))
+            })?;
+            std::fs::write(&tmp, bytes)
+        }
+        written => written,
+    };
+    written
         .map_err(|e| DispatchError::transient(format!("cannot write {}: {e}", tmp.display())))?;
     std::fs::rename(&tmp, path)
         .map_err(|e| DispatchError::transient(format!("cannot write {}: {e}", path.display())))
@@ -90,4 +98,30 @@ fn json(message: &Outbound<'_>) -> Vec<u8> {
         "text": message.rendered.text,
     });
     serde_json::to_vec_pretty(&body).expect("JSON values serialise")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_create_the_directory_and_replace_a_message_handed_over_twice() {
+        let root = std::env::temp_dir().join(crate::store::new_id("tidings-file-test"));
+        let path = root.join("sms").join("msg_1.json");
+
+        write_atomically(&path, b"first").expect("the directory is created");
+        write_atomically(&path, b"again").expect("a second hand-over replaces the file");
+        assert_eq!(std::fs::read(&path).expect("written"), b"again");
+
+        // Removed while the service runs: created again.
+        std::fs::remove_dir_all(&root).expect("removable");
+        write_atomically(&path, b"later").expect("the directory is created again");
+        assert_eq!(std::fs::read(&path).expect("written"), b"later");
+        let names: Vec<_> = std::fs::read_dir(path.parent().expect("a parent"))
+            .expect("listable")
+            .map(|entry| entry.expect("an entry").file_name())
+            .collect();
+        assert_eq!(names, ["msg_1.json"], "no temporary file is left");
+        std::fs::remove_dir_all(&root).expect("removable");
+    }
 }
