@@ -161,14 +161,12 @@ pub async fn run_message_worker(
                 continue;
             }
         };
+        // Unless this lease took its limit or filled a destination (the next
+        // lease skips that one's messages and looks further), it took all
+        // that was due and had room: lease again only when that changes.
+        let all_taken = leased.len() < free && !fills_a_destination(&leased, &room);
         if leased.is_empty() {
-            // Nothing due that has room: wait for new work, or for a
-            // delivery to finish and make room.
-            tokio::select! {
-                _ = tasks.join_next(), if !tasks.is_empty() => {}
-                _ = room_made.notified() => {}
-                _ = tokio::time::timeout(POLL, wake.messages.notified()) => {}
-            }
+            wait_for_work(&mut tasks, &room_made, &wake).await;
             continue;
         }
         // The events the messages render from, read in one query.
@@ -199,6 +197,35 @@ pub async fn run_message_worker(
                 }
             });
         }
+        if all_taken {
+            wait_for_work(&mut tasks, &room_made, &wake).await;
+        }
+    }
+}
+
+/// Whether `leased` takes all the room `room` gave one of its destinations.
+fn fills_a_destination(leased: &[MessageRow], room: &LeaseRoom<'_>) -> bool {
+    leased.iter().any(|m| {
+        let is_its = |tenant: &str, channel: &str| tenant == m.tenant_id && channel == m.channel;
+        let taken = leased
+            .iter()
+            .filter(|o| is_its(&o.tenant_id, &o.channel))
+            .count() as i64;
+        let room = room
+            .busy
+            .iter()
+            .find(|(tenant, channel, _)| is_its(tenant, channel))
+            .map_or(room.per_destination, |(_, _, room)| *room);
+        taken >= room
+    })
+}
+
+/// Wait until a delivery makes room, new messages may be due, or [`POLL`].
+async fn wait_for_work(tasks: &mut tokio::task::JoinSet<()>, room_made: &Notify, wake: &Wakeups) {
+    tokio::select! {
+        _ = tasks.join_next(), if !tasks.is_empty() => {}
+        _ = room_made.notified() => {}
+        _ = tokio::time::timeout(POLL, wake.messages.notified()) => {}
     }
 }
 
