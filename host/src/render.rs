@@ -585,14 +585,13 @@ fn trim_blank_lines(lines: &[&str]) -> String {
 /// syntax errors name the part and line. Only the parts `channel` uses are
 /// checked; whether the needed ones are there is [`check_complete`]'s job.
 pub fn validate(parts: &TemplateParts, channel: Channel) -> Result<(), RenderError> {
-    let env = configured(&environment(None), Lang::En, TimeZone::UTC, DEFAULT_FUEL);
+    // Compiling needs neither fuel nor the filters, which are looked up
+    // when a template renders.
+    let env = environment(None);
     for (part, source) in used_parts(parts, channel) {
         if let Some(source) = source {
             env.template_from_named_str(part, source)
-                .map_err(|err| RenderError::Syntax {
-                    part,
-                    message: located(&err, syntax_detail(&err)),
-                })?;
+                .map_err(|err| syntax_error(part, &err))?;
         }
     }
     Ok(())
@@ -904,9 +903,14 @@ mod tests {
             .collect()
     }
 
+    /// An SMS template `t` stored for `locale`.
+    fn sms_set(locale: &str, text: &str) -> TemplateSet {
+        set(vec![("t", Channel::Sms, locale, text_only(text))])
+    }
+
     /// Render `text` as an English SMS for `case`.
     fn sms(case: &Case, text: &str) -> Result<String, RenderError> {
-        let templates = set(vec![("t", Channel::Sms, "en", text_only(text))]);
+        let templates = sms_set("en", text);
         let mut req = case.request("t", Channel::Sms);
         req.locale = Some("en");
         render(&templates, &req).map(|r| r.text)
@@ -914,7 +918,7 @@ mod tests {
 
     /// Render `text` as an SMS template stored for `locale` only.
     fn sms_in(case: &Case, locale: &str, text: &str) -> String {
-        let templates = set(vec![("t", Channel::Sms, locale, text_only(text))]);
+        let templates = sms_set(locale, text);
         let mut req = case.request("t", Channel::Sms);
         req.locale = Some(locale);
         render(&templates, &req).expect("renders").text
@@ -1136,12 +1140,7 @@ mod tests {
             "{err:?}"
         );
 
-        let templates = set(vec![(
-            "t",
-            Channel::Sms,
-            "en",
-            text_only("{% for i in range(50) %}{{ i }}{% endfor %}"),
-        )]);
+        let templates = sms_set("en", "{% for i in range(50) %}{{ i }}{% endfor %}");
         let mut req = case.request("t", Channel::Sms);
         req.fuel = 20;
         let err = render(&templates, &req).expect_err("too little fuel");
@@ -1617,7 +1616,7 @@ mod tests {
                 .customer(locale, timezone)
                 .data("at", "2026-11-26T23:30:00Z");
             // The same text stored for both languages: one compilation.
-            let templates = set(vec![("t", Channel::Sms, locale, text_only(template))]);
+            let templates = sms_set(locale, template);
             let mut req = case.request("t", Channel::Sms);
             req.locale = Some(locale);
             let cached = cache.render(&templates, &req).expect("renders").text;
@@ -1641,18 +1640,8 @@ mod tests {
         let case = Case::new(EventKind::OrderPaid);
         let mut req = case.request("t", Channel::Sms);
         req.locale = Some("en");
-        let before = set(vec![(
-            "t",
-            Channel::Sms,
-            "en",
-            text_only("Paid {{ order.number }}"),
-        )]);
-        let after = set(vec![(
-            "t",
-            Channel::Sms,
-            "en",
-            text_only("Thanks for {{ order.number }}"),
-        )]);
+        let before = sms_set("en", "Paid {{ order.number }}");
+        let after = sms_set("en", "Thanks for {{ order.number }}");
         let number = &case.event.order.number;
         assert_eq!(
             cache.render(&before, &req).expect("renders").text,
@@ -1662,7 +1651,7 @@ mod tests {
             cache.render(&after, &req).expect("renders").text,
             format!("Thanks for {number}")
         );
-        let broken = set(vec![("t", Channel::Sms, "en", text_only("{% if %}"))]);
+        let broken = sms_set("en", "{% if %}");
         assert!(matches!(
             cache.render(&broken, &req),
             Err(RenderError::Syntax { part: "text", .. })
@@ -1681,7 +1670,7 @@ mod tests {
         let mut req = case.request("t", Channel::Sms);
         req.locale = Some("en");
         let render_text = |text: &str| {
-            let templates = set(vec![("t", Channel::Sms, "en", text_only(text))]);
+            let templates = sms_set("en", text);
             cache.render(&templates, &req).expect("renders").text
         };
         for n in 0..CACHE_ENTRIES {
