@@ -100,6 +100,32 @@ async fn dry_run(
     Ok((elapsed, body["usage"]["wall_time_us"].as_u64().unwrap_or(0)))
 }
 
+/// The first and second dry run of `tenant`, whose plugin is not loaded.
+/// A `GET` of the plugin comes first, so that the first dry run does not
+/// also read the caller's API key from the database (the second finds it
+/// cached): the difference is the plugin's load and its first decision, as
+/// the event worker (which reads no API key) would pay it.
+async fn cold_sample(
+    conn: &mut Conn,
+    tenant: &Tenant,
+    event: &Value,
+    what: String,
+) -> anyhow::Result<Cold> {
+    let path = format!("/v1/plugins/{}", tenant.plugin);
+    let (status, body) = conn.call("GET", &path, &tenant.key, None).await?;
+    if status != 200 {
+        bail!("GET {path}: {status} {body}");
+    }
+    let (first, _) = dry_run(conn, tenant, event).await?;
+    let (second, decision_us) = dry_run(conn, tenant, event).await?;
+    Ok(Cold {
+        what,
+        first,
+        second,
+        decision_us,
+    })
+}
+
 pub async fn run(dir: &Path, options: &Options) -> anyhow::Result<Report> {
     let dir = dir.join("density");
     std::fs::create_dir_all(&dir)?;
@@ -214,14 +240,8 @@ pub async fn run(dir: &Path, options: &Options) -> anyhow::Result<Report> {
             .iter()
             .find(|t| &t.plugin == plugin)
             .context("a tenant of each shared plugin")?;
-        let (first, _) = dry_run(&mut conn, tenant, &event).await?;
-        let (second, decision_us) = dry_run(&mut conn, tenant, &event).await?;
-        cold.push(Cold {
-            what: format!("shared {}", BUNDLED[which]),
-            first,
-            second,
-            decision_us,
-        });
+        let what = format!("shared {}", BUNDLED[which]);
+        cold.push(cold_sample(&mut conn, tenant, &event, what).await?);
     }
     for (n, tenant) in tenants
         .iter()
@@ -229,14 +249,8 @@ pub async fn run(dir: &Path, options: &Options) -> anyhow::Result<Report> {
         .filter(|(_, t)| t.unique)
         .take(options.cold_samples)
     {
-        let (first, _) = dry_run(&mut conn, tenant, &event).await?;
-        let (second, decision_us) = dry_run(&mut conn, tenant, &event).await?;
-        cold.push(Cold {
-            what: format!("own {}", BUNDLED[n % BUNDLED.len()]),
-            first,
-            second,
-            decision_us,
-        });
+        let what = format!("own {}", BUNDLED[n % BUNDLED.len()]);
+        cold.push(cold_sample(&mut conn, tenant, &event, what).await?);
     }
     let rss_restart_cold = service.memory()?.0;
 

@@ -102,7 +102,9 @@ pub fn density(d: &Report) -> String {
     );
     s.push_str(
         "\nFirst decision of a tenant whose plugin is not loaded in this process (restarted service; \
-         the precompiled artifact on disk), as `POST /v1/plugins/{id}/dry-run` round trips: the first \
+         the precompiled artifact on disk), as `POST /v1/plugins/{id}/dry-run` round trips, after a \
+         `GET /v1/plugins/{id}` with the tenant's key (so the first does not also read the key from \
+         the database, which the event worker never does): the first \
          loads the plugin (the artifact found by the plugin's recorded sha256, mapped from the \
          cache directory, deserialized and linked), the second finds it loaded; their difference is the load. `decision µs` is the \
          sandboxed decision's own recorded wall time.\n\n",
