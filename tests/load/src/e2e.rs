@@ -63,6 +63,9 @@ pub struct Throughput {
     pub acks: Latencies,
     /// Messages the transport's far side has (files, or SMTP receipts).
     pub delivered: u64,
+    /// The service's CPU time (all threads) from the first POST to the last
+    /// message handed over.
+    pub cpu: Duration,
 }
 
 /// One fixed-rate run.
@@ -212,6 +215,7 @@ pub async fn full_speed(
         conn.open().await?;
         conns.push(conn);
     }
+    let cpu_before = setup.service.cpu_time()?;
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for mut conn in conns {
@@ -245,6 +249,7 @@ pub async fn full_speed(
     .await
     .context("not every message was handed to the transport within 10 minutes")?;
     let end_to_end = done - start;
+    let cpu = setup.service.cpu_time()? - cpu_before;
     let delivered = delivered(&setup, &dir.join(&tag));
     Ok(Throughput {
         db,
@@ -254,6 +259,7 @@ pub async fn full_speed(
         end_to_end,
         acks: Latencies::new(acks),
         delivered,
+        cpu,
     })
 }
 

@@ -18,18 +18,19 @@ pub fn end_to_end(options: &Options, throughput: &[Throughput], rates: &[Rate]) 
         "Full speed: {} `order_created` events (one order and one email each) over {} keep-alive connections.\n",
         options.events, options.connections
     );
-    s.push_str("| database | transport | events/s, POST → handed to transport | ingest events/s (all 202s) | ack p50 ms | ack p99 ms | delivered |\n");
-    s.push_str("|---|---|---:|---:|---:|---:|---:|\n");
+    s.push_str("| database | transport | events/s, POST → handed to transport | ingest events/s (all 202s) | ack p50 ms | ack p99 ms | service CPU µs per event | delivered |\n");
+    s.push_str("|---|---|---:|---:|---:|---:|---:|---:|\n");
     for t in throughput {
         let _ = writeln!(
             s,
-            "| {} | {} | **{:.0}** | {:.0} | {} | {} | {}/{} |",
+            "| {} | {} | **{:.0}** | {:.0} | {} | {} | {:.0} | {}/{} |",
             t.db.name(),
             t.transport.name(),
             t.events as f64 / t.end_to_end.as_secs_f64(),
             t.events as f64 / t.ingest.as_secs_f64(),
             ms(t.acks.quantile(0.5)),
             ms(t.acks.quantile(0.99)),
+            t.cpu.as_secs_f64() * 1e6 / t.events as f64,
             t.delivered,
             t.events,
         );

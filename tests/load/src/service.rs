@@ -171,6 +171,29 @@ impl Service {
         self.child.id()
     }
 
+    /// CPU time the service has used so far, all its threads, user and
+    /// system (`/proc/PID/stat`, in the kernel's `USER_HZ` ticks, which
+    /// are 1/100 s on Linux).
+    pub fn cpu_time(&self) -> anyhow::Result<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
+        // The command name, in parentheses, may hold spaces: count fields
+        // from after it. utime and stime are fields 14 and 15 of the line.
+        let rest = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest)
+            .context("unexpected /proc/PID/stat")?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let tick = |i: usize| -> anyhow::Result<u64> {
+            Ok(fields
+                .get(i)
+                .context("short /proc/PID/stat")?
+                .parse::<u64>()?)
+        };
+        // Field 3 (the state) is the first after the name.
+        let ticks = tick(14 - 3)? + tick(15 - 3)?;
+        Ok(Duration::from_millis(ticks * 10))
+    }
+
     /// Resident memory now and at its peak, in bytes (`VmRSS`, `VmHWM`).
     pub fn memory(&self) -> anyhow::Result<(u64, u64)> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
