@@ -12,9 +12,14 @@ const GUESTS: &[(&str, &str)] = &[
     ("STANDARD_LIFECYCLE", "standard-lifecycle"),
     ("VIP_CONCIERGE", "vip-concierge"),
     ("CONFIGURABLE", "configurable"),
-    ("HOSTILE", "hostile-guest"),
     ("FUTURE_CONTRACT", "future-contract-guest"),
+    ("STDIO_GUEST", "stdio-guest"),
 ];
+
+/// The adversarial guest, built apart from the others: it turns off the
+/// SDK's `stdio-log`, and in one build cargo would unify the SDK's features
+/// across all guests and turn it back on.
+const HOSTILE: (&str, &str) = ("HOSTILE", "hostile-guest");
 
 /// Components built as examples of the hostile guest crate (one cdylib
 /// each), so odd components need no workspace member of their own.
@@ -51,12 +56,13 @@ fn main() {
     build_guests(
         &workspace,
         &target_dir,
-        ["-p", "hostile-guest", "--examples"],
+        ["-p", HOSTILE.1, "--lib", "--examples"],
     );
 
     let out_dir = target_dir.join("wasm32-wasip2").join("plugin");
     let components = GUESTS
         .iter()
+        .chain([&HOSTILE])
         .map(|(constant, package)| (constant, package, out_dir.clone()))
         .chain(
             HOSTILE_EXAMPLES

@@ -401,6 +401,7 @@ fn check(args: CheckArgs) -> Result<ExitCode, RunnerError> {
         "contract": format!("tidings:notify@{}", plugin.contract_version()),
         "size_bytes": plugin.size(),
         "size_limit_bytes": limit,
+        "imports": plugin.imports(),
         "describe": {
             "name": plugin.info().name,
             "version": plugin.info().version,

@@ -77,6 +77,7 @@ struct PluginInner {
     info: PluginInfo,
     size: usize,
     contract: semver::Version,
+    imports: Vec<String>,
     pre: RulePre<SandboxState>,
     /// The `decide` export, found and type-checked once, at load.
     decide: ComponentExportIndex,
@@ -153,6 +154,14 @@ impl Plugin {
     /// The contract version the plugin was built against.
     pub fn contract_version(&self) -> &semver::Version {
         &self.inner.contract
+    }
+
+    /// The interfaces the component imports, e.g. `tidings:notify/host@0.1.0`
+    /// and any WASI it uses (which the host virtualises). A plugin built
+    /// with the SDK's defaults and no WASI of its own imports only the
+    /// contract, and each of its fresh instances is cheaper to link.
+    pub fn imports(&self) -> &[String] {
+        &self.inner.imports
     }
 }
 
@@ -331,6 +340,11 @@ impl Runtime {
     /// Check `component`'s contract, link it and ask it to describe itself.
     fn link(&self, component: Component, sha256: String, size: usize) -> Result<Plugin, LoadError> {
         let contract = self.contract_version(&component)?;
+        let imports = component
+            .component_type()
+            .imports(&self.engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
         let instance_pre = self
             .linker
             .instantiate_pre(&component)
@@ -355,6 +369,7 @@ impl Runtime {
                 info,
                 size,
                 contract,
+                imports,
                 pre,
                 decide,
             }),

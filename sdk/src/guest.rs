@@ -33,20 +33,30 @@ pub fn decide<R: crate::Rule>(
 ) -> Result<Vec<WitAction>, WitRuleError> {
     let event: crate::types::OrderEvent = event.conv();
     let context: crate::types::Context = context.conv();
-    R::decide(&event, &context)
+    let decided = R::decide(&event, &context)
         .map(Conv::conv)
-        .map_err(Conv::conv)
+        .map_err(Conv::conv);
+    flush_stdio();
+    decided
 }
 
 /// Build `describe()`'s answer for `R`.
 pub fn describe<R: crate::Rule>(name: &str, version: &str) -> WitPluginInfo {
-    crate::types::PluginInfo {
+    let info = crate::types::PluginInfo {
         name: name.to_owned(),
         version: version.to_owned(),
         handles: R::handles(),
         config_schema: R::config_schema(),
     }
-    .conv()
+    .conv();
+    flush_stdio();
+    info
+}
+
+/// Log a last line printed without its newline (see [`crate::stdio`]).
+fn flush_stdio() {
+    #[cfg(all(target_os = "wasi", feature = "stdio-log"))]
+    crate::stdio::flush();
 }
 
 /// Send a line to the host's plugin log.

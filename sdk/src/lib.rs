@@ -38,6 +38,8 @@ mod convert;
 #[doc(hidden)]
 pub mod guest;
 pub mod log;
+#[cfg(feature = "stdio-log")]
+pub mod stdio;
 pub mod testing;
 pub mod types;
 

@@ -111,7 +111,7 @@ impl bindings::tidings::notify::host::Host for SandboxState {
             LogLevel::Warn => "warn",
             LogLevel::Error => "error",
         };
-        self.log.push(level, Source::Log, &message);
+        self.log.log(level, &message);
     }
 }
 
@@ -195,7 +195,9 @@ struct LogBuffer {
     used: usize,
     lines: Vec<LogLine>,
     truncated_bytes: usize,
-    /// The tail of stderr, kept apart so a panic message survives a flooded log.
+    /// The tail of stderr and of warn and error lines from `log` (where the
+    /// SDK sends a plugin's stderr), kept apart so a panic message survives
+    /// a flooded log.
     stderr_tail: String,
     /// Partial lines from stdout/stderr, waiting for their newline.
     pending: [String; 2],
@@ -216,22 +218,23 @@ impl PluginLog {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn push(&self, level: &'static str, source: Source, message: &str) {
-        self.lock().push(level, source, message);
+    /// A line from the contract's `log` import. Plugins built with the SDK
+    /// send their standard error here, one line at a time at warn level, so
+    /// warn and error lines are also kept where a panic message is looked for.
+    fn log(&self, level: &'static str, message: &str) {
+        let mut buf = self.lock();
+        if matches!(level, "warn" | "error") {
+            buf.keep_tail(message);
+            buf.keep_tail("\n");
+        }
+        buf.push(level, Source::Log, message);
     }
 
     fn write(&self, source: Source, bytes: &[u8]) {
         let mut buf = self.lock();
         let text = String::from_utf8_lossy(bytes);
         if source == Source::Stderr {
-            buf.stderr_tail.push_str(&text);
-            if buf.stderr_tail.len() > STDERR_TAIL {
-                let mut cut = buf.stderr_tail.len() - STDERR_TAIL;
-                while !buf.stderr_tail.is_char_boundary(cut) {
-                    cut += 1;
-                }
-                buf.stderr_tail.drain(..cut);
-            }
+            buf.keep_tail(&text);
         }
         let slot = usize::from(source == Source::Stderr);
         buf.pending[slot].push_str(&text);
@@ -263,6 +266,18 @@ impl PluginLog {
 }
 
 impl LogBuffer {
+    /// Append to the stderr tail, dropping its start past [`STDERR_TAIL`].
+    fn keep_tail(&mut self, text: &str) {
+        self.stderr_tail.push_str(text);
+        if self.stderr_tail.len() > STDERR_TAIL {
+            let mut cut = self.stderr_tail.len() - STDERR_TAIL;
+            while !self.stderr_tail.is_char_boundary(cut) {
+                cut += 1;
+            }
+            self.stderr_tail.drain(..cut);
+        }
+    }
+
     fn push(&mut self, level: &'static str, source: Source, message: &str) {
         let remaining = self.budget.saturating_sub(self.used);
         if remaining == 0 {
@@ -362,8 +377,8 @@ mod tests {
     #[test]
     fn log_is_truncated_at_the_budget_not_failed() {
         let log = PluginLog::new(10);
-        log.push("info", Source::Log, "0123456789abcdef");
-        log.push("info", Source::Log, "more");
+        log.log("info", "0123456789abcdef");
+        log.log("info", "more");
         let (lines, dropped) = log.finish();
         assert_eq!(lines.len(), 1);
         assert_eq!(lines[0].message, "0123456789");
@@ -388,5 +403,25 @@ mod tests {
             .map(|l| l.message.as_str())
             .collect();
         assert_eq!(stdout, ["hello", "world"]);
+    }
+
+    #[test]
+    fn a_panic_logged_through_the_contract_is_found() {
+        // How a plugin built with the SDK reports a panic: its stderr, line
+        // by line, as warn lines of the `log` import.
+        let log = PluginLog::new(4096);
+        log.log("info", "thinking");
+        log.log("warn", "");
+        log.log("warn", "thread '<unnamed>' panicked at src/lib.rs:1:1:");
+        log.log("warn", "boom");
+        let panic = log.panic_message().expect("a panic in the log");
+        assert_eq!(panic, "panicked at src/lib.rs:1:1: boom");
+    }
+
+    #[test]
+    fn info_lines_are_not_searched_for_panics() {
+        let log = PluginLog::new(4096);
+        log.log("info", "the customer panicked at checkout");
+        assert_eq!(log.panic_message(), None);
     }
 }

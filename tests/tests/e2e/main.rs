@@ -36,5 +36,6 @@ mod providers;
 mod runner;
 mod service;
 mod smtp;
+mod stdio;
 mod webhooks;
 mod workers;

@@ -158,6 +158,14 @@ fn check_prints_describe_and_rejects_a_core_module() {
     assert_eq!(report["describe"]["name"], "vip-concierge");
     assert_eq!(report["contract"], "tidings:notify@0.1.0");
     assert!(report["describe"]["config_schema"].is_object());
+    let imports = report["imports"].as_array().expect("the imports");
+    assert!(
+        !imports.is_empty()
+            && imports
+                .iter()
+                .all(|i| i.as_str().is_some_and(|i| i.starts_with("tidings:notify/"))),
+        "a plugin built with the SDK imports only the contract: {imports:?}"
+    );
 
     let core = scratch("core.wasm", "\0asm\u{1}\0\0\0");
     let out = tidings(&["plugin", "check", &core.display().to_string()]);
