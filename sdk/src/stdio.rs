@@ -135,6 +135,10 @@ mod guest {
         let Some(stream) = stream(fd) else {
             return -1;
         };
+        if len == 0 {
+            // `buf` may be null then, which a slice must never be.
+            return 0;
+        }
         // SAFETY: the caller passes `len` readable bytes at `buf`.
         let bytes = unsafe { std::slice::from_raw_parts(buf, len) };
         lines(stream).write(bytes, |line| log::write(level(stream), line));
