@@ -6,6 +6,9 @@
 //!   the service acknowledges; the clock runs from the first POST until the
 //!   service has handed the last message to the transport (`/metrics`
 //!   `sent` counter; checked against the files or the SMTP server's count).
+//!   It also reports the messages handed over per second while the POSTs
+//!   were still coming and after the last was answered: whether delivery
+//!   keeps up during a burst or waits for it to end.
 //! - Fixed rate: `rate` events/s for `secs` seconds, open loop: each request
 //!   has a scheduled send time and is sent then whatever the earlier ones
 //!   are doing; its latency runs from the scheduled time to the 202, so a
@@ -60,6 +63,9 @@ pub struct Throughput {
     pub ingest: Duration,
     /// First POST to the last message handed to the transport.
     pub end_to_end: Duration,
+    /// Messages handed to the transport by the time the last POST was
+    /// answered: how far delivery kept up while the door was busy.
+    pub sent_while_posting: u64,
     pub acks: Latencies,
     /// Messages the transport's far side has (files, or SMTP receipts).
     pub delivered: u64,
@@ -241,6 +247,10 @@ pub async fn full_speed(
         acks.extend(result??);
     }
     let ingest = start.elapsed();
+    let sent_while_posting = setup
+        .service
+        .sent(&mut Conn::new(setup.service.addr))
+        .await?;
     let done = until_sent(
         &setup.service,
         options.events as u64,
@@ -257,6 +267,7 @@ pub async fn full_speed(
         events: options.events,
         ingest,
         end_to_end,
+        sent_while_posting,
         acks: Latencies::new(acks),
         delivered,
         cpu,
