@@ -5,7 +5,7 @@
 //! ```text
 //! tidings-load [all|e2e|density] [--events N] [--connections N] [--rate N]
 //!              [--secs N] [--tenants N] [--unique N] [--quick]
-//!              [--only sqlite-file,...] [--write BENCHMARKS.md]
+//!              [--only sqlite-file,...] [--keep] [--write BENCHMARKS.md]
 //! ```
 //! Prints markdown tables; `--write` also replaces the generated tables of
 //! the "End to end" and "Density" sections of that file.
@@ -27,6 +27,8 @@ struct Args {
     e2e: e2e::Options,
     density: density::Options,
     write: Option<std::path::PathBuf>,
+    /// Leave the run's files in place instead of deleting them.
+    keep: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -51,6 +53,7 @@ fn parse_args() -> anyhow::Result<Args> {
             cold_samples: 20,
         },
         write: None,
+        keep: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -84,11 +87,16 @@ fn parse_args() -> anyhow::Result<Args> {
                 args.density.cold_samples = 6;
             }
             "--write" => args.write = Some(value()?.into()),
+            "--keep" => args.keep = true,
             "-h" | "--help" => {
                 println!(
                     "tidings-load [all|e2e|density] [--events N] [--connections N] [--rate N] \
                      [--secs N] [--tenants N] [--unique N] [--quick] \
-                     [--only sqlite-file,sqlite-smtp,postgres-file,postgres-smtp] [--write FILE]"
+                     [--only sqlite-file,sqlite-smtp,postgres-file,postgres-smtp] [--keep] [--write FILE]\n\n\
+                     --keep leaves the run's files under target/load-kept/ instead of deleting \
+                     them: on ext4 without a journal, tens of thousands of files deleted in the \
+                     last 5 minutes slow down creating new ones (the file transport), so runs \
+                     that follow each other closely should keep theirs."
                 );
                 std::process::exit(0);
             }
@@ -109,10 +117,18 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args, command: String) -> anyhow::Result<()> {
-    let dir = service::root().join("target/load");
     let ended = service::root().join("target/load.ended");
     settle_after_previous_run(&ended).await;
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = if args.keep {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis();
+        service::root().join(format!("target/load-kept/{stamp}"))
+    } else {
+        let dir = service::root().join("target/load");
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    };
     std::fs::create_dir_all(&dir)?;
     let cache_dir = dir.join("cache");
 
@@ -162,34 +178,36 @@ async fn run(args: Args, command: String) -> anyhow::Result<()> {
         report::write(path, &command, &sections)?;
         eprintln!("wrote {}", path.display());
     }
-    let _ = std::fs::remove_dir_all(&dir);
-    let _ = std::fs::write(&ended, b"");
+    if args.keep {
+        eprintln!("kept the run's files in {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::write(&ended, b"");
+    }
     Ok(())
 }
 
 /// Wait until the files a previous run deleted (`ended` was touched then)
-/// are older than the kernel's `dirty_expire_centisecs`. ext4 without a
-/// journal (as on the benchmark machine) does not reuse a deleted file's
-/// inode for that long and scans past every such inode when it creates a
-/// file, so right after a run deleted its tens of thousands of outbox files
-/// the next run's file transport is several times slower.
+/// no longer slow down creating files. ext4 without a journal (as on the
+/// benchmark machine) does not reuse an inode deleted in the last 60 s, or
+/// the last 300 s while its inode-table block is dirty (which new files in
+/// the same block group keep it), and scans past every such inode each time
+/// it creates a file: right after a run deleted its tens of thousands of
+/// outbox files, the next run's file transport spends most of its time in
+/// that scan (`recently_deleted` in `perf`).
 async fn settle_after_previous_run(ended: &std::path::Path) {
-    let expire = std::fs::read_to_string("/proc/sys/vm/dirty_expire_centisecs")
-        .ok()
-        .and_then(|text| text.trim().parse::<u64>().ok())
-        .map_or(std::time::Duration::from_secs(30), |cs| {
-            std::time::Duration::from_millis(cs * 10)
-        });
+    const RECENTLY_DELETED: std::time::Duration = std::time::Duration::from_secs(300);
     let since = std::fs::metadata(ended)
         .and_then(|m| m.modified())
         .ok()
         .and_then(|at| at.elapsed().ok());
     if let Some(since) = since
-        && since < expire
+        && since < RECENTLY_DELETED
     {
-        let wait = expire - since + std::time::Duration::from_secs(1);
+        let wait = RECENTLY_DELETED - since + std::time::Duration::from_secs(2);
         eprintln!(
-            "waiting {:.0} s: the previous run's deleted files slow down file creation until then",
+            "waiting {:.0} s: the previous run's deleted files slow down file creation until then \
+             (--keep leaves a run's files in place instead)",
             wait.as_secs_f64()
         );
         tokio::time::sleep(wait).await;
