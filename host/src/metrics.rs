@@ -59,6 +59,11 @@ const HELP: &[(&str, &str, &str)] = &[
         "Messages settled, by tenant, channel and status.",
     ),
     (
+        "tidings_messages_handed_over_total",
+        "counter",
+        "Messages due at once that the event worker handed to this process's message worker as it stored them, instead of the message worker leasing them from the table later.",
+    ),
+    (
         "tidings_decision_duration_seconds",
         "histogram",
         "Wall time of a decision.",

@@ -24,7 +24,7 @@ use crate::decide::{DecideError, Decision, LoadError, Plugin, Runtime};
 use crate::metrics::Metrics;
 use crate::policy::{self, Facts, Outcome};
 use crate::render::TemplateCache;
-use crate::schedule::Wakeups;
+use crate::schedule::{Handoff, Wakeups};
 use crate::settings::{FailureFallback, TenantSettings};
 use crate::store::{
     AuditEntry, Committed, Count, EventRow, FactsQuery, NewDecision, NewMessage, Store, StoreError,
@@ -75,6 +75,9 @@ pub struct Pipeline {
     pub wake: Arc<Wakeups>,
     /// Templates compiled for the message worker, reused across messages.
     pub templates: Arc<TemplateCache>,
+    /// Messages due now, handed from the event worker to this process's
+    /// message worker without a lease from the table.
+    pub handoff: Arc<Handoff>,
     clock: Clock,
     lease: std::time::Duration,
     plugins: Arc<Mutex<HashMap<String, Plugin>>>,
@@ -100,6 +103,7 @@ impl Pipeline {
             metrics,
             wake: Arc::new(Wakeups::default()),
             templates: Arc::new(TemplateCache::default()),
+            handoff: Arc::new(Handoff::default()),
             clock: Arc::new(Timestamp::now),
             lease: crate::schedule::LEASE,
             plugins: Arc::new(Mutex::new(HashMap::new())),
@@ -129,8 +133,9 @@ impl Pipeline {
         (self.clock)()
     }
 
-    /// Tell the message worker that messages may be due.
+    /// Tell the message worker that messages may be due in the table.
     pub fn wake_messages(&self) {
+        self.handoff.look_in_table();
         self.wake.messages.notify_one();
     }
 
@@ -310,20 +315,29 @@ impl Pipeline {
             // messages the first attempt scheduled instead of doubling them;
             // ids sort like the events they came from.
             let message_id = format!("msg_{}{n:04x}", row.id.trim_start_matches("evt_"));
-            self.apply(
-                row,
-                &event,
-                &settings,
-                decision_id,
-                &message_id,
-                action,
-                now,
-                &mut writes,
-            )
-            .await?;
+            let applied = self
+                .apply(
+                    row,
+                    &event,
+                    &settings,
+                    decision_id,
+                    &message_id,
+                    action,
+                    now,
+                    &mut writes,
+                )
+                .await;
+            if let Err(err) = applied {
+                // Nothing of `writes` is stored: the places it reserved for
+                // messages to hand over are free again.
+                for (_, tenant, channel) in writes.leased_messages() {
+                    self.handoff.release(tenant, channel);
+                }
+                return Err(err);
+            }
         }
         writes.finish_event(&row.id, "processed");
-        if self.commit(writes).await? == Committed::AlreadyFinished {
+        if self.commit(row, writes).await? == Committed::AlreadyFinished {
             tracing::warn!(event = %row.id, "event already processed by another worker; this attempt stored nothing");
         }
         Ok(())
@@ -331,14 +345,38 @@ impl Pipeline {
 
     /// Store what `writes` holds so far, before a step that writes on its
     /// own (tickets, cancellations), so the audit trail stays in order.
-    async fn flush(&self, writes: &mut Writes) -> Result<(), PipelineError> {
-        self.commit(std::mem::take(writes)).await?;
+    async fn flush(&self, row: &EventRow, writes: &mut Writes) -> Result<(), PipelineError> {
+        self.commit(row, std::mem::take(writes)).await?;
         Ok(())
     }
 
-    /// Store `writes`, then count the messages they created.
-    async fn commit(&self, writes: Writes) -> Result<Committed, PipelineError> {
-        let stored = self.store.commit_counted(writes).await?;
+    /// Store `writes` about `row`, then count the messages they created and
+    /// hand those created leased to the message worker.
+    async fn commit(&self, row: &EventRow, writes: Writes) -> Result<Committed, PipelineError> {
+        let reserved: Vec<(String, String, String)> = writes
+            .leased_messages()
+            .into_iter()
+            .map(|(id, tenant, channel)| (id.to_owned(), tenant.to_owned(), channel.to_owned()))
+            .collect();
+        let stored = self.store.commit_counted(writes).await;
+        // The places reserved for messages that are not handed over (not
+        // stored, or stored by an earlier attempt) are free again.
+        for (id, tenant, channel) in &reserved {
+            let handed = stored
+                .as_ref()
+                .is_ok_and(|s| s.leased.iter().any(|(m, _)| m.id == *id));
+            if !handed {
+                self.handoff.release(tenant, channel);
+            }
+        }
+        let stored = stored?;
+        if !stored.leased.is_empty() {
+            for _ in &stored.leased {
+                self.metrics.inc("tidings_messages_handed_over_total", &[]);
+            }
+            self.handoff.hand(stored.leased, row);
+            self.wake.messages.notify_one();
+        }
         for count in &stored.counts {
             let labels: Vec<(&'static str, &str)> = count
                 .labels
@@ -560,7 +598,7 @@ impl Pipeline {
         if settings.on_plugin_failure == FailureFallback::Record {
             return Ok(());
         }
-        self.flush(writes).await?;
+        self.flush(row, writes).await?;
         crate::escalation::open(
             self,
             row,
@@ -605,7 +643,7 @@ impl Pipeline {
                 .await
             }
             Action::HoldForApproval { notify, reason } => {
-                self.flush(writes).await?;
+                self.flush(row, writes).await?;
                 let held = crate::escalation::Held {
                     decision_id,
                     message_id,
@@ -615,7 +653,7 @@ impl Pipeline {
                 crate::escalation::hold(self, row, event, settings, &held).await
             }
             Action::Escalate(e) => {
-                self.flush(writes).await?;
+                self.flush(row, writes).await?;
                 let priority = enum_str(&e.priority);
                 crate::escalation::open(
                     self,
@@ -634,7 +672,7 @@ impl Pipeline {
                 Ok(())
             }
             Action::Cancel { cancel_key } => {
-                self.flush(writes).await?;
+                self.flush(row, writes).await?;
                 let cancelled = self
                     .store
                     .cancel_key(&row.tenant_id, cancel_key, &row.id)
@@ -751,7 +789,18 @@ impl Pipeline {
         // A message an earlier attempt at this event stored is not stored
         // (or audited) again.
         let audit = audit_entry(row, Some(id), "policy", verdict_name, "system", detail);
-        writes.message(id, &message, &fallbacks, audit, counts);
+        // Due now: this process's message worker takes it as it is stored,
+        // if it has room, instead of leasing it from the table later.
+        let owner = (status == "scheduled" && at <= now)
+            .then(|| self.handoff.reserve(&row.tenant_id, &message.channel))
+            .flatten();
+        match owner {
+            Some(owner) => {
+                let until = self.now().as_millisecond().saturating_add(self.lease_ms());
+                writes.leased_message(id, &message, &fallbacks, audit, counts, (&owner, until));
+            }
+            None => writes.message(id, &message, &fallbacks, audit, counts),
+        }
         Ok(())
     }
 

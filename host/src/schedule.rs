@@ -9,8 +9,9 @@
 //! the transport accepted a message but before it was marked sent will send
 //! it again after the lease expires, with the same message id.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
@@ -97,6 +98,8 @@ pub async fn process_some_events(
     }
     while tasks.join_next().await.is_some() {}
     if count > 0 {
+        // Messages not handed over (no room, or not due yet) are in the table.
+        pipeline.handoff.look_in_table();
         wake.messages.notify_one();
     }
     Ok(count)
@@ -110,7 +113,147 @@ pub const CONCURRENCY: usize = 32;
 /// slots, so other tenants and channels keep moving.
 pub const PER_DESTINATION: usize = 8;
 
-/// Runs the message worker until the process stops: leases due messages
+/// How many messages the event worker may hand over to the message worker
+/// at once (stored, or being stored, and not yet started); beyond that,
+/// messages due now are stored `scheduled` and leased from the table.
+pub const HANDOFF_ROOM: usize = 2 * CONCURRENCY;
+
+/// Messages due now, handed from the event worker to the message worker of
+/// the same process as they are stored. They are stored already leased to
+/// that worker (`sending`, see [`crate::store::Writes::leased_message`]),
+/// so the worker neither leases them from the table nor reads their event
+/// again; the table stays the durable copy: if the process dies first, the
+/// lease expires and any worker takes them, as any leased message.
+///
+/// A message is handed over only if its destination has room among its
+/// [`PER_DESTINATION`] places, which it takes when reserved: a destination
+/// that hangs keeps its backlog in the table, not in the worker.
+#[derive(Debug, Default)]
+pub struct Handoff {
+    /// The lease owner of this process's message worker; none while no
+    /// worker runs (messages then wait in the table).
+    owner: Mutex<Option<String>>,
+    /// Handed over, not yet taken by the worker.
+    queue: Mutex<Vec<Handed>>,
+    /// Reserved by writes not stored yet, or handed over and not yet
+    /// started by the worker.
+    used: AtomicUsize,
+    /// The message worker's places by destination: in flight, handed over,
+    /// or reserved for a message being stored.
+    busy: Arc<Busy>,
+    /// Notified when a destination has room again.
+    room_made: Arc<Notify>,
+    /// The worker is leasing from the table with the room it saw: no
+    /// message is handed over meanwhile (it is stored `scheduled`).
+    leasing: AtomicBool,
+    /// The table may have messages due that the worker has not leased:
+    /// someone stored or rescheduled messages (see
+    /// [`Pipeline::wake_messages`]), the last lease left some, or time
+    /// passed. Handed-over messages alone do not send it to the table.
+    table: AtomicBool,
+}
+
+impl Handoff {
+    /// The message worker leasing as `owner` takes handed-over messages.
+    pub fn attach(&self, owner: &str) {
+        *self.owner.lock().unwrap_or_else(|e| e.into_inner()) = Some(owner.to_owned());
+        self.look_in_table();
+    }
+
+    /// A place for one message to `tenant`'s `channel`, with the owner to
+    /// lease it to; none without a worker, or without room in the handoff
+    /// or at the destination. Each reservation is either handed over
+    /// ([`Handoff::hand`]) or [released](Handoff::release).
+    pub fn reserve(&self, tenant: &str, channel: &str) -> Option<String> {
+        let owner = self
+            .owner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()?;
+        self.used
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < HANDOFF_ROOM).then_some(n + 1)
+            })
+            .ok()?;
+        if !self
+            .busy
+            .try_add(tenant, channel, PER_DESTINATION, &self.leasing)
+        {
+            self.used.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(owner)
+    }
+
+    /// Give back a reservation for `tenant`'s `channel` that was not handed
+    /// over (not stored, or the message existed already), or a handed-over
+    /// message the worker leaves to the table.
+    pub fn release(&self, tenant: &str, channel: &str) {
+        self.used.fetch_sub(1, Ordering::SeqCst);
+        self.busy.remove(tenant, channel);
+        self.room_made.notify_one();
+    }
+
+    /// Hand over `messages` of the event `event`, stored leased until the
+    /// time (ms) that comes with each.
+    pub fn hand(&self, messages: Vec<(MessageRow, i64)>, event: &EventRow) {
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(messages.into_iter().map(|(message, until)| Handed {
+                message,
+                event: event.clone(),
+                until,
+            }));
+    }
+
+    /// The messages handed over since the last call.
+    fn take(&self) -> Vec<Handed> {
+        std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The worker started a handed-over message: its place at the
+    /// destination passes to the delivery's [`Slot`].
+    fn started(&self) {
+        self.used.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// The worker is about to lease from the table: the destinations with
+    /// messages in the worker, as (tenant, channel, room left). Until
+    /// [`Handoff::end_lease`] nothing is handed over, so the room stays.
+    fn begin_lease(&self) -> Vec<(String, String, i64)> {
+        let busy = self.busy.0.lock().unwrap_or_else(|e| e.into_inner());
+        self.leasing.store(true, Ordering::SeqCst);
+        busy.iter()
+            .filter(|(_, count)| **count > 0)
+            .map(|((tenant, channel), count)| {
+                let room = PER_DESTINATION.saturating_sub(*count) as i64;
+                (tenant.clone(), channel.clone(), room)
+            })
+            .collect()
+    }
+
+    /// The leased messages have their places.
+    fn end_lease(&self) {
+        self.leasing.store(false, Ordering::SeqCst);
+    }
+
+    /// The table may have due messages for the worker to lease.
+    pub fn look_in_table(&self) {
+        self.table.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A message handed over: leased until `until` (ms), with its event.
+#[derive(Debug)]
+struct Handed {
+    message: MessageRow,
+    event: EventRow,
+    until: i64,
+}
+
+/// Runs the message worker until the process stops: delivers the messages
+/// handed over by the event worker and leases due messages from the table
 /// while it has free slots, no more for one destination (tenant and
 /// channel) than [`PER_DESTINATION`] at a time, and delivers them
 /// concurrently.
@@ -120,29 +263,41 @@ pub async fn run_message_worker(
     wake: Arc<Wakeups>,
     owner: String,
 ) {
-    // Messages in flight by destination; only this loop adds to it.
-    let busy: Arc<Busy> = Arc::default();
+    // Messages in flight by destination, with those handed over (the event
+    // worker reserves their places).
+    let busy = pipeline.handoff.busy.clone();
     // Notified when a destination has room again.
-    let room_made = Arc::new(Notify::new());
+    let room_made = pipeline.handoff.room_made.clone();
     let mut tasks = tokio::task::JoinSet::new();
+    // Handed over and leased to this worker, waiting for room.
+    let mut waiting: VecDeque<Handed> = VecDeque::new();
+    pipeline.handoff.attach(&owner);
     loop {
         while tasks.try_join_next().is_some() {}
+        waiting.extend(pipeline.handoff.take());
+        start_handed_over(
+            &pipeline,
+            &transport,
+            &busy,
+            &room_made,
+            &mut tasks,
+            &mut waiting,
+        );
         let free = CONCURRENCY.saturating_sub(tasks.len());
         if free == 0 {
             let _ = tasks.join_next().await;
             continue;
         }
-        let in_flight: Vec<(String, String, i64)> = busy
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter(|(_, count)| **count > 0)
-            .map(|((tenant, channel), count)| {
-                let room = PER_DESTINATION.saturating_sub(*count) as i64;
-                (tenant.clone(), channel.clone(), room)
-            })
-            .collect();
+        // Woken only by messages handed over: nothing to lease.
+        if !pipeline.handoff.table.swap(false, Ordering::SeqCst) {
+            if wait_for_work(&mut tasks, &room_made, &wake).await {
+                pipeline.handoff.look_in_table();
+            }
+            continue;
+        }
+        // No message is handed over from here until the leased ones have
+        // their places, so the room leased for stays free for them.
+        let in_flight = pipeline.handoff.begin_lease();
         let room = LeaseRoom {
             limit: free as i64,
             per_destination: PER_DESTINATION as i64,
@@ -153,6 +308,14 @@ pub async fn run_message_worker(
             .store
             .lease_messages(&owner, now, pipeline.lease_ms(), &room)
             .await;
+        let slots: Vec<Slot> = match &leased {
+            Ok(leased) => leased
+                .iter()
+                .map(|m| Slot::take(&busy, &room_made, m))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        pipeline.handoff.end_lease();
         let leased = match leased {
             Ok(leased) => leased,
             Err(err) => {
@@ -165,8 +328,15 @@ pub async fn run_message_worker(
         // lease skips that one's messages and looks further), it took all
         // that was due and had room: lease again only when that changes.
         let all_taken = leased.len() < free && !fills_a_destination(&leased, &room);
+        // Messages of full destinations were not looked at: when one has
+        // room again, the table may have some for it.
+        if !all_taken || room.busy.iter().any(|(_, _, room)| *room <= 0) {
+            pipeline.handoff.look_in_table();
+        }
         if leased.is_empty() {
-            wait_for_work(&mut tasks, &room_made, &wake).await;
+            if wait_for_work(&mut tasks, &room_made, &wake).await {
+                pipeline.handoff.look_in_table();
+            }
             continue;
         }
         // The events the messages render from, read in one query.
@@ -178,29 +348,80 @@ pub async fn run_message_worker(
                 HashMap::new()
             }
         };
-        for m in leased {
+        for (m, slot) in leased.into_iter().zip(slots) {
             let event = events.remove(&m.event_id);
-            let slot = Slot::take(&busy, &room_made, &m);
-            let (pipeline, transport) = (pipeline.clone(), transport.clone());
-            tasks.spawn(async move {
-                let event = match event {
-                    Some(event) => Ok(Some(event)),
-                    // Not in the batch's read.
-                    None => pipeline.store.event(&m.tenant_id, &m.event_id).await,
-                };
-                let delivered = match event {
-                    Ok(event) => deliver_with(&pipeline, transport.as_ref(), &m, event, Some(slot)).await,
-                    Err(err) => Err(err.into()),
-                };
-                if let Err(err) = delivered {
-                    tracing::error!(message = %m.id, error = %err, "delivery failed; the lease will expire and it is retried");
-                }
-            });
+            start(&pipeline, &transport, &mut tasks, m, event, slot);
         }
-        if all_taken {
-            wait_for_work(&mut tasks, &room_made, &wake).await;
+        if all_taken && wait_for_work(&mut tasks, &room_made, &wake).await {
+            pipeline.handoff.look_in_table();
         }
     }
+}
+
+/// Start delivering the handed-over messages in `waiting` whose destination
+/// has room, oldest first, while the worker has free slots.
+fn start_handed_over(
+    pipeline: &Pipeline,
+    transport: &Arc<dyn Transport>,
+    busy: &Arc<Busy>,
+    room_made: &Arc<Notify>,
+    tasks: &mut tokio::task::JoinSet<()>,
+    waiting: &mut VecDeque<Handed>,
+) {
+    // A message that waited for room so long that its lease is running out
+    // is left to the table: once the lease expires any worker leases it,
+    // and this one must not deliver it then too.
+    let deadline = pipeline.now().as_millisecond() + pipeline.lease_ms() / 2;
+    let mut kept = VecDeque::with_capacity(waiting.len());
+    while let Some(handed) = waiting.pop_front() {
+        let m = &handed.message;
+        if handed.until < deadline {
+            tracing::warn!(message = %m.id, "a handed-over message waited too long for a free slot; it is delivered when its lease expires");
+            pipeline.handoff.release(&m.tenant_id, &m.channel);
+        } else if tasks.len() < CONCURRENCY {
+            // Its place at the destination was reserved when it was stored.
+            let slot = Slot::adopt(busy, room_made, m);
+            pipeline.handoff.started();
+            start(
+                pipeline,
+                transport,
+                tasks,
+                handed.message,
+                Some(handed.event),
+                slot,
+            );
+        } else {
+            kept.push_back(handed);
+        }
+    }
+    *waiting = kept;
+}
+
+/// Deliver the leased message `m` in a task of `tasks`; `event` is its
+/// event if already read (otherwise it reads it).
+fn start(
+    pipeline: &Pipeline,
+    transport: &Arc<dyn Transport>,
+    tasks: &mut tokio::task::JoinSet<()>,
+    m: MessageRow,
+    event: Option<EventRow>,
+    slot: Slot,
+) {
+    let (pipeline, transport) = (pipeline.clone(), transport.clone());
+    tasks.spawn(async move {
+        let event = match event {
+            Some(event) => Ok(Some(event)),
+            // Not in the batch's read.
+            None => pipeline.store.event(&m.tenant_id, &m.event_id).await,
+        };
+        let delivered = match event {
+            Ok(event) => deliver_with(&pipeline, transport.as_ref(), &m, event, Some(slot)).await,
+            Err(err) => Err(err.into()),
+        };
+        if let Err(err) = delivered {
+            tracing::error!(message = %m.id, error = %err, "delivery failed; the lease will expire and it is retried");
+        }
+    });
 }
 
 /// Whether `leased` takes all the room `room` gave one of its destinations.
@@ -221,17 +442,65 @@ fn fills_a_destination(leased: &[MessageRow], room: &LeaseRoom<'_>) -> bool {
 }
 
 /// Wait until a delivery makes room, new messages may be due, or [`POLL`].
-async fn wait_for_work(tasks: &mut tokio::task::JoinSet<()>, room_made: &Notify, wake: &Wakeups) {
+/// Whether the table may have due messages afterwards: [`POLL`] passed
+/// (messages scheduled for later may have come due).
+async fn wait_for_work(
+    tasks: &mut tokio::task::JoinSet<()>,
+    room_made: &Notify,
+    wake: &Wakeups,
+) -> bool {
     tokio::select! {
-        _ = tasks.join_next(), if !tasks.is_empty() => {}
-        _ = room_made.notified() => {}
-        _ = tokio::time::timeout(POLL, wake.messages.notified()) => {}
+        _ = tasks.join_next(), if !tasks.is_empty() => false,
+        _ = room_made.notified() => false,
+        woken = tokio::time::timeout(POLL, wake.messages.notified()) => woken.is_err(),
     }
 }
 
 /// Messages in flight by destination (tenant, channel).
 #[derive(Debug, Default)]
 struct Busy(std::sync::Mutex<HashMap<(String, String), usize>>);
+
+impl Busy {
+    /// Take a place at `tenant`'s `channel` if it has fewer than `limit`,
+    /// unless the worker is `leasing` (checked under the same lock as the
+    /// room it leases with is read).
+    fn try_add(&self, tenant: &str, channel: &str, limit: usize, leasing: &AtomicBool) -> bool {
+        let mut busy = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if leasing.load(Ordering::SeqCst) {
+            return false;
+        }
+        let key = (tenant.to_owned(), channel.to_owned());
+        let count = busy.entry(key).or_default();
+        if *count < limit {
+            *count += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Take a place at the destination, whatever its room.
+    fn add(&self, destination: &(String, String)) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(destination.clone())
+            .or_default() += 1;
+    }
+
+    /// Give a place back.
+    fn remove(&self, tenant: &str, channel: &str) {
+        let mut busy = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (tenant.to_owned(), channel.to_owned());
+        if let Some(count) = busy.get_mut(&key) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                busy.remove(&key);
+            }
+        }
+    }
+}
 
 /// A message's place among its destination's [`PER_DESTINATION`]: taken
 /// when it is leased, given back as soon as the transport has answered
@@ -243,32 +512,28 @@ struct Slot {
 }
 
 impl Slot {
+    /// Take a place at `m`'s destination.
     fn take(busy: &Arc<Busy>, room_made: &Arc<Notify>, m: &MessageRow) -> Self {
-        let destination = (m.tenant_id.clone(), m.channel.clone());
-        *busy
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(destination.clone())
-            .or_default() += 1;
+        let slot = Self::adopt(busy, room_made, m);
+        busy.add(&slot.destination);
+        slot
+    }
+
+    /// The place at `m`'s destination already taken for it (a handed-over
+    /// message's reservation).
+    fn adopt(busy: &Arc<Busy>, room_made: &Arc<Notify>, m: &MessageRow) -> Self {
         Self {
             busy: busy.clone(),
             room_made: room_made.clone(),
-            destination,
+            destination: (m.tenant_id.clone(), m.channel.clone()),
         }
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut busy = self.busy.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = busy.get_mut(&self.destination) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                busy.remove(&self.destination);
-            }
-        }
-        drop(busy);
+        let (tenant, channel) = &self.destination;
+        self.busy.remove(tenant, channel);
         self.room_made.notify_one();
     }
 }
@@ -795,5 +1060,52 @@ mod tests {
         );
         let past: Timestamp = "2026-11-01T00:00:00Z".parse().expect("valid");
         assert_eq!(send_at(&Timing::At { at: past }, now), now);
+    }
+
+    #[test]
+    fn the_handoff_has_room_only_with_a_worker_and_room_at_the_destination() {
+        let handoff = Handoff::default();
+        assert_eq!(
+            handoff.reserve("t1", "email"),
+            None,
+            "no worker: messages wait in the table"
+        );
+        handoff.attach("w1");
+        for _ in 0..PER_DESTINATION {
+            assert_eq!(handoff.reserve("t1", "email").as_deref(), Some("w1"));
+        }
+        assert_eq!(
+            handoff.reserve("t1", "email"),
+            None,
+            "the destination is full"
+        );
+        assert_eq!(
+            handoff.reserve("t1", "sms").as_deref(),
+            Some("w1"),
+            "another destination has room"
+        );
+        handoff.release("t1", "email");
+        assert_eq!(
+            handoff.reserve("t1", "email").as_deref(),
+            Some("w1"),
+            "room given back"
+        );
+
+        // The handoff as a whole is bounded too.
+        let mut reserved = PER_DESTINATION + 1;
+        let mut tenant = 2;
+        while reserved < HANDOFF_ROOM {
+            if handoff.reserve(&format!("t{tenant}"), "email").is_some() {
+                reserved += 1;
+            } else {
+                tenant += 1;
+            }
+        }
+        assert_eq!(
+            handoff.reserve("other", "email"),
+            None,
+            "the handoff is full"
+        );
+        assert!(handoff.take().is_empty());
     }
 }

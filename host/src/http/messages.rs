@@ -139,7 +139,7 @@ async fn retry(
             detail: json!({ "previous_status": m.status }),
         })
         .await?;
-    state.wake.messages.notify_one();
+    state.pipeline.wake_messages();
     let m = store
         .message(tenant_id, &id)
         .await?

@@ -413,7 +413,7 @@ async fn insert_notice(
     m: &NewMessage<'_>,
 ) -> Result<String, StoreError> {
     let id = new_id("msg");
-    super::messages::insert_message(&mut **tx, &id, m, "[]").await?;
+    super::messages::insert_message(&mut **tx, &id, m, "[]", None).await?;
     Ok(id)
 }
 

@@ -222,7 +222,7 @@ impl Store {
     pub async fn insert_message(&self, id: &str, m: &NewMessage<'_>) -> Result<bool, StoreError> {
         let turn = self.writing().await;
         let mut conn = self.pool.acquire().await?;
-        let created = insert_message(&mut *conn, id, m, "[]").await?;
+        let created = insert_message(&mut *conn, id, m, "[]", None).await?;
         drop(conn);
         self.durable(turn).await?;
         Ok(created)
@@ -546,10 +546,18 @@ impl Store {
         order_id: Option<&str>,
         open_only: bool,
     ) -> Result<Vec<EscalationRow>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT * FROM escalations WHERE tenant_id = $1 AND ($2 = '' OR order_id = $2)
-             AND ($3 = 0 OR status IN ('open', 'acknowledged')) ORDER BY id DESC LIMIT 500",
-        )
+        // Two statements rather than `($2 = '' OR order_id = $2)`: with the
+        // `OR`, neither database narrows by order in the index, and the
+        // pipeline's look at one order (for every event) read all of the
+        // tenant's tickets.
+        let order = match order_id {
+            Some(_) => "AND order_id = $2",
+            None => "AND $2 = ''",
+        };
+        Ok(sqlx::query_as(&format!(
+            "SELECT * FROM escalations WHERE tenant_id = $1 {order}
+             AND ($3 = 0 OR status IN ('open', 'acknowledged')) ORDER BY id DESC LIMIT 500"
+        ))
         .bind(tenant_id)
         .bind(order_id.unwrap_or(""))
         .bind(i64::from(open_only))
@@ -710,20 +718,26 @@ pub(super) async fn insert_decision(
 }
 
 /// Create message `id` on `conn` unless it exists; returns whether it was
-/// created.
+/// created. With a `lease` (owner, until in ms) it is created `sending`,
+/// already leased: the process that created it delivers it without leasing
+/// it from the table (see `schedule::Handoff`).
 pub(super) async fn insert_message(
     conn: &mut impl Exec,
     id: &str,
     m: &NewMessage<'_>,
     fallback_channels: &str,
+    lease: Option<(&str, i64)>,
 ) -> Result<bool, StoreError> {
     let now = now_ms();
+    let status = if lease.is_some() { "sending" } else { m.status };
     let done = conn
         .execute(
             "INSERT INTO messages (id, tenant_id, event_id, decision_id, order_id, customer_id, channel, template,
                                    locale, category, priority, dedupe_key, cancel_key, data, status, status_reason,
-                                   send_at, attempts, recipient, created_at, updated_at, fallback_channels)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, 0, $18, $19, $19, $20)
+                                   send_at, attempts, recipient, created_at, updated_at, fallback_channels,
+                                   lease_owner, lease_until)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, 0, $18, $19, $19, $20,
+                     $21, $22)
              ON CONFLICT (id) DO NOTHING",
             &[
                 id.into(),
@@ -740,12 +754,14 @@ pub(super) async fn insert_message(
                 m.dedupe_key.into(),
                 m.cancel_key.into(),
                 (&m.data).into(),
-                m.status.into(),
+                status.into(),
                 m.status_reason.into(),
                 m.send_at.into(),
                 (&m.recipient).into(),
                 now.into(),
                 fallback_channels.into(),
+                lease.map(|(owner, _)| owner).into(),
+                lease.map(|(_, until)| until).into(),
             ],
         )
         .await?;

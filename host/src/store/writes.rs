@@ -54,6 +54,9 @@ pub struct Stored {
     pub committed: Committed,
     /// The counts of the messages it created (see [`Writes::message`]).
     pub counts: Vec<Count>,
+    /// The messages created already leased (see [`Writes::leased_message`]),
+    /// as the table now holds them, with the end of their lease (ms).
+    pub leased: Vec<(MessageRow, i64)>,
 }
 
 /// Writes gathered while a step runs, stored by [`Store::commit`].
@@ -72,6 +75,8 @@ pub(super) struct Applied {
     committed: Committed,
     /// The counts of the messages created.
     counts: Vec<Count>,
+    /// The messages created already leased, with the end of their lease.
+    leased: Vec<(MessageRow, i64)>,
     event: Option<(EventRow, bool)>,
 }
 
@@ -87,6 +92,8 @@ enum Step {
         fallbacks: String,
         audit: OwnedAudit,
         counts: Vec<Count>,
+        /// Created leased to (owner, until ms).
+        lease: Option<(String, i64)>,
     },
     /// A message handed to its transport.
     Sent {
@@ -147,7 +154,48 @@ impl Writes {
             fallbacks: fallbacks.to_owned(),
             audit: OwnedAudit::from(audit),
             counts,
+            lease: None,
         });
+    }
+
+    /// [`Writes::message`] for a message due now that this process will
+    /// deliver itself: created `sending`, leased to `owner` until `until`
+    /// (ms), and returned by [`Store::commit_counted`] if it was created,
+    /// so that it needs no lease from the table.
+    pub fn leased_message(
+        &mut self,
+        id: &str,
+        m: &NewMessage<'_>,
+        fallbacks: &str,
+        audit: AuditEntry<'_>,
+        counts: Vec<Count>,
+        (owner, until): (&str, i64),
+    ) {
+        self.message(id, m, fallbacks, audit, counts);
+        if let Some(Step::Message { lease, .. }) = self.steps.last_mut() {
+            *lease = Some((owner.to_owned(), until));
+        }
+    }
+
+    /// The messages these writes would create already leased, as (id,
+    /// tenant, channel).
+    pub fn leased_messages(&self) -> Vec<(&str, &str, &str)> {
+        self.steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Message {
+                    id,
+                    message,
+                    lease: Some(_),
+                    ..
+                } => Some((
+                    id.as_str(),
+                    message.tenant_id.as_str(),
+                    message.channel.as_str(),
+                )),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Settle the leased message `m` as `sent`: with its rendering, the
@@ -211,12 +259,14 @@ impl Store {
             return Ok(Stored {
                 committed: Committed::Stored,
                 counts: Vec::new(),
+                leased: Vec::new(),
             });
         }
         let applied = self.commit_applied(writes).await?;
         Ok(Stored {
             committed: applied.committed,
             counts: applied.counts,
+            leased: applied.leased,
         })
     }
 
@@ -379,11 +429,13 @@ async fn apply(conn: &mut impl Exec, writes: &Writes) -> Result<Applied, StoreEr
             return Ok(Applied {
                 committed: Committed::AlreadyFinished,
                 counts: Vec::new(),
+                leased: Vec::new(),
                 event,
             });
         }
     }
     let mut counts = Vec::new();
+    let mut leased = Vec::new();
     for step in &writes.steps {
         match step {
             Step::Audit(a) => {
@@ -399,11 +451,18 @@ async fn apply(conn: &mut impl Exec, writes: &Writes) -> Result<Applied, StoreEr
                 fallbacks,
                 audit,
                 counts: created,
+                lease,
             } => {
-                if insert_message(conn, id, &message.view(), fallbacks).await? {
+                let lease = lease
+                    .as_ref()
+                    .map(|(owner, until)| (owner.as_str(), *until));
+                if insert_message(conn, id, &message.view(), fallbacks, lease).await? {
                     let (entry, at) = audit.view();
                     insert_audit(conn, &entry, at).await?;
                     counts.extend(created.iter().cloned());
+                    if let Some((_, until)) = lease {
+                        leased.push((message.leased_row(id, fallbacks, now_ms()), until));
+                    }
                 }
             }
             Step::Sent {
@@ -427,6 +486,7 @@ async fn apply(conn: &mut impl Exec, writes: &Writes) -> Result<Applied, StoreEr
     Ok(Applied {
         committed: Committed::Stored,
         counts,
+        leased,
         event,
     })
 }
@@ -573,6 +633,38 @@ impl From<&NewMessage<'_>> for OwnedMessage {
 }
 
 impl OwnedMessage {
+    /// The row of this message as [`insert_message`] created it leased
+    /// (`created_at`: about when; the row has the exact time).
+    fn leased_row(&self, id: &str, fallbacks: &str, created_at: i64) -> MessageRow {
+        MessageRow {
+            id: id.to_owned(),
+            tenant_id: self.tenant_id.clone(),
+            event_id: self.event_id.clone(),
+            decision_id: self.decision_id.clone(),
+            order_id: self.order_id.clone(),
+            customer_id: self.customer_id.clone(),
+            channel: self.channel.clone(),
+            template: self.template.clone(),
+            locale: self.locale.clone(),
+            category: self.category.clone(),
+            priority: self.priority.clone(),
+            dedupe_key: self.dedupe_key.clone(),
+            cancel_key: self.cancel_key.clone(),
+            data: self.data.clone(),
+            status: "sending".to_owned(),
+            status_reason: self.status_reason.clone(),
+            send_at: self.send_at,
+            attempts: 0,
+            rendered: None,
+            recipient: self.recipient.clone(),
+            approved_by: None,
+            created_at,
+            updated_at: created_at,
+            fallback_channels: fallbacks.to_owned(),
+            provider_id: None,
+        }
+    }
+
     fn view(&self) -> NewMessage<'_> {
         NewMessage {
             tenant_id: &self.tenant_id,

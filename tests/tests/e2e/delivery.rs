@@ -14,6 +14,7 @@ on_both_backends!(
     a_permanent_failure_is_dead_at_once,
     an_event_processed_again_after_a_crash_schedules_nothing_twice,
     a_plugin_that_no_longer_loads_is_a_fault_and_the_other_plugins_still_decide,
+    messages_due_at_once_go_to_the_running_message_worker_as_they_are_stored,
 );
 
 async fn shop(service: &TestService, settings: Value) -> String {
@@ -274,4 +275,84 @@ async fn a_plugin_that_no_longer_loads_is_a_fault_and_the_other_plugins_still_de
             .contains("could not be loaded"),
         "{tickets}"
     );
+}
+
+/// With the workers running, as `tidings serve` runs them, a message due at
+/// once is stored leased to the message worker and handed to it: delivered
+/// once, without a lease from the table, and counted in the metrics.
+async fn messages_due_at_once_go_to_the_running_message_worker_as_they_are_stored(db: Db) {
+    use std::sync::Arc;
+    use tidings_host::dispatch::Transport;
+    use tidings_host::dispatch::file::FileTransport;
+    use tidings_host::schedule::{run_event_worker, run_message_worker};
+
+    let service = TestService::new(db).await;
+    let key = shop(&service, json!({})).await;
+    let pipeline = service.state.pipeline.clone();
+    let transport: Arc<dyn Transport> = Arc::new(FileTransport::new(service.outbox.clone()));
+    let workers = [
+        tokio::spawn(run_event_worker(pipeline.clone(), pipeline.wake.clone())),
+        tokio::spawn(run_message_worker(
+            pipeline.clone(),
+            transport,
+            pipeline.wake.clone(),
+            "handoff-test".into(),
+        )),
+    ];
+    const ORDERS: usize = 5;
+    for n in 0..ORDERS {
+        let mut e = fixture(EventKind::OrderCreated);
+        e.id = format!("evt_handoff_{n}");
+        e.order.id = format!("ord_handoff_{n}");
+        service.post_event(&key, &e).await;
+    }
+    let started = std::time::Instant::now();
+    let mut sent = Vec::new();
+    while sent.len() < ORDERS {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "only {} of {ORDERS} messages were sent",
+            sent.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        sent.clear();
+        for n in 0..ORDERS {
+            let order = format!("ord_handoff_{n}");
+            if let Some(m) = service.messages(&key, &order).await.first()
+                && m["status"] == "sent"
+            {
+                sent.push(m["id"].as_str().expect("an id").to_owned());
+            }
+        }
+    }
+    for worker in &workers {
+        worker.abort();
+    }
+    // Each went to the worker as it was stored, unless the worker happened
+    // to be leasing from the table right then (it looks there at start and
+    // every poll): such a message waits in the table for the next lease.
+    let metrics = pipeline.metrics.render();
+    let handed: usize = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tidings_messages_handed_over_total "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        (1..=ORDERS).contains(&handed),
+        "{handed} of {ORDERS} handed over:\n{metrics}"
+    );
+    for id in &sent {
+        let (_, message) = service
+            .call(Method::GET, &format!("/v1/messages/{id}"), Some(&key), None)
+            .await;
+        assert_eq!(
+            message["attempts"].as_array().map(Vec::len),
+            Some(1),
+            "delivered once: {message}"
+        );
+        assert!(
+            service.outbox.join(format!("{id}.eml")).is_file(),
+            "{id} is in the outbox"
+        );
+    }
 }
