@@ -72,6 +72,8 @@ pub struct Throughput {
     /// The service's CPU time (all threads) from the first POST to the last
     /// message handed over.
     pub cpu: Duration,
+    /// Messages the event worker handed straight to the message worker.
+    pub handed_over: u64,
 }
 
 /// One fixed-rate run.
@@ -89,6 +91,8 @@ pub struct Rate {
     /// and how long after it the last one was.
     pub sent_in_window: u64,
     pub drain: Option<Duration>,
+    /// Messages the event worker handed straight to the message worker.
+    pub handed_over: u64,
 }
 
 /// A service set up for the run: one tenant with standard-lifecycle
@@ -260,6 +264,10 @@ pub async fn full_speed(
     .context("not every message was handed to the transport within 10 minutes")?;
     let end_to_end = done - start;
     let cpu = setup.service.cpu_time()? - cpu_before;
+    let handed_over = setup
+        .service
+        .handed_over(&mut Conn::new(setup.service.addr))
+        .await?;
     let delivered = delivered(&setup, &dir.join(&tag));
     Ok(Throughput {
         db,
@@ -271,6 +279,7 @@ pub async fn full_speed(
         acks: Latencies::new(acks),
         delivered,
         cpu,
+        handed_over,
     })
 }
 
@@ -352,6 +361,7 @@ pub async fn fixed_rate(
     let drain = until_sent(&setup.service, total as u64, DRAIN_WAIT)
         .await
         .map(|t| t - window_end);
+    let handed_over = setup.service.handed_over(&mut conn).await?;
     Ok(Rate {
         db,
         transport,
@@ -362,5 +372,6 @@ pub async fn fixed_rate(
         offered,
         sent_in_window,
         drain,
+        handed_over,
     })
 }

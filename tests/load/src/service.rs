@@ -209,6 +209,18 @@ impl Service {
 
     /// How many messages the transport has accepted (the `sent` counter of
     /// `/metrics`, summed over tenants and channels).
+    /// Messages the event worker handed straight to the message worker
+    /// (`tidings_messages_handed_over_total`), without a lease from the table.
+    pub async fn handed_over(&self, conn: &mut Conn) -> anyhow::Result<u64> {
+        let response = conn.request("GET", "/metrics", &[], b"").await?;
+        let text = String::from_utf8_lossy(&response.body);
+        Ok(text
+            .lines()
+            .filter_map(|l| l.strip_prefix("tidings_messages_handed_over_total "))
+            .filter_map(|n| n.trim().parse::<f64>().ok())
+            .sum::<f64>() as u64)
+    }
+
     pub async fn sent(&self, conn: &mut Conn) -> anyhow::Result<u64> {
         let response = conn.request("GET", "/metrics", &[], b"").await?;
         let text = String::from_utf8_lossy(&response.body);
