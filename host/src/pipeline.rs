@@ -794,13 +794,9 @@ impl Pipeline {
         let owner = (status == "scheduled" && at <= now)
             .then(|| self.handoff.reserve(&row.tenant_id, &message.channel))
             .flatten();
-        match owner {
-            Some(owner) => {
-                let until = self.now().as_millisecond().saturating_add(self.lease_ms());
-                writes.leased_message(id, &message, &fallbacks, audit, counts, (&owner, until));
-            }
-            None => writes.message(id, &message, &fallbacks, audit, counts),
-        }
+        let until = self.now().as_millisecond().saturating_add(self.lease_ms());
+        let lease = owner.as_deref().map(|owner| (owner, until));
+        writes.message(id, &message, &fallbacks, audit, counts, lease);
         Ok(())
     }
 

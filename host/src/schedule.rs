@@ -120,7 +120,7 @@ pub const HANDOFF_ROOM: usize = 2 * CONCURRENCY;
 
 /// Messages due now, handed from the event worker to the message worker of
 /// the same process as they are stored. They are stored already leased to
-/// that worker (`sending`, see [`crate::store::Writes::leased_message`]),
+/// that worker (`sending`, see [`crate::store::Writes::message`]),
 /// so the worker neither leases them from the table nor reads their event
 /// again; the table stays the durable copy: if the process dies first, the
 /// lease expires and any worker takes them, as any leased message.
@@ -290,9 +290,7 @@ pub async fn run_message_worker(
         }
         // Woken only by messages handed over: nothing to lease.
         if !pipeline.handoff.table.swap(false, Ordering::SeqCst) {
-            if wait_for_work(&mut tasks, &room_made, &wake).await {
-                pipeline.handoff.look_in_table();
-            }
+            wait_for_work(&mut tasks, &pipeline.handoff, &wake).await;
             continue;
         }
         // No message is handed over from here until the leased ones have
@@ -334,9 +332,7 @@ pub async fn run_message_worker(
             pipeline.handoff.look_in_table();
         }
         if leased.is_empty() {
-            if wait_for_work(&mut tasks, &room_made, &wake).await {
-                pipeline.handoff.look_in_table();
-            }
+            wait_for_work(&mut tasks, &pipeline.handoff, &wake).await;
             continue;
         }
         // The events the messages render from, read in one query.
@@ -352,8 +348,8 @@ pub async fn run_message_worker(
             let event = events.remove(&m.event_id);
             start(&pipeline, &transport, &mut tasks, m, event, slot);
         }
-        if all_taken && wait_for_work(&mut tasks, &room_made, &wake).await {
-            pipeline.handoff.look_in_table();
+        if all_taken {
+            wait_for_work(&mut tasks, &pipeline.handoff, &wake).await;
         }
     }
 }
@@ -441,18 +437,18 @@ fn fills_a_destination(leased: &[MessageRow], room: &LeaseRoom<'_>) -> bool {
     })
 }
 
-/// Wait until a delivery makes room, new messages may be due, or [`POLL`].
-/// Whether the table may have due messages afterwards: [`POLL`] passed
-/// (messages scheduled for later may have come due).
-async fn wait_for_work(
-    tasks: &mut tokio::task::JoinSet<()>,
-    room_made: &Notify,
-    wake: &Wakeups,
-) -> bool {
+/// Wait until a delivery makes room, new messages may be due, or [`POLL`]
+/// passed: then messages scheduled for later may have come due, and the
+/// worker looks in the table.
+async fn wait_for_work(tasks: &mut tokio::task::JoinSet<()>, handoff: &Handoff, wake: &Wakeups) {
     tokio::select! {
-        _ = tasks.join_next(), if !tasks.is_empty() => false,
-        _ = room_made.notified() => false,
-        woken = tokio::time::timeout(POLL, wake.messages.notified()) => woken.is_err(),
+        _ = tasks.join_next(), if !tasks.is_empty() => {}
+        _ = handoff.room_made.notified() => {}
+        woken = tokio::time::timeout(POLL, wake.messages.notified()) => {
+            if woken.is_err() {
+                handoff.look_in_table();
+            }
+        }
     }
 }
 

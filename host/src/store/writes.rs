@@ -54,7 +54,7 @@ pub struct Stored {
     pub committed: Committed,
     /// The counts of the messages it created (see [`Writes::message`]).
     pub counts: Vec<Count>,
-    /// The messages created already leased (see [`Writes::leased_message`]),
+    /// The messages created already leased (see [`Writes::message`]),
     /// as the table now holds them, with the end of their lease (ms).
     pub leased: Vec<(MessageRow, i64)>,
 }
@@ -140,6 +140,11 @@ impl Writes {
     /// Create the message `id` with its fallback channels (a JSON list)
     /// unless it exists, and append `audit` if it was created; `counts` are
     /// reported back by [`Store::commit_counted`] if it was.
+    ///
+    /// With a `lease` (owner, until in ms), for a message due now that this
+    /// process will deliver itself: it is created `sending`, leased to the
+    /// owner, and returned by [`Store::commit_counted`] if it was created,
+    /// so that it needs no lease from the table.
     pub fn message(
         &mut self,
         id: &str,
@@ -147,6 +152,7 @@ impl Writes {
         fallbacks: &str,
         audit: AuditEntry<'_>,
         counts: Vec<Count>,
+        lease: Option<(&str, i64)>,
     ) {
         self.steps.push(Step::Message {
             id: id.to_owned(),
@@ -154,27 +160,8 @@ impl Writes {
             fallbacks: fallbacks.to_owned(),
             audit: OwnedAudit::from(audit),
             counts,
-            lease: None,
+            lease: lease.map(|(owner, until)| (owner.to_owned(), until)),
         });
-    }
-
-    /// [`Writes::message`] for a message due now that this process will
-    /// deliver itself: created `sending`, leased to `owner` until `until`
-    /// (ms), and returned by [`Store::commit_counted`] if it was created,
-    /// so that it needs no lease from the table.
-    pub fn leased_message(
-        &mut self,
-        id: &str,
-        m: &NewMessage<'_>,
-        fallbacks: &str,
-        audit: AuditEntry<'_>,
-        counts: Vec<Count>,
-        (owner, until): (&str, i64),
-    ) {
-        self.message(id, m, fallbacks, audit, counts);
-        if let Some(Step::Message { lease, .. }) = self.steps.last_mut() {
-            *lease = Some((owner.to_owned(), until));
-        }
     }
 
     /// The messages these writes would create already leased, as (id,

@@ -209,24 +209,29 @@ impl Service {
 
     /// How many messages the transport has accepted (the `sent` counter of
     /// `/metrics`, summed over tenants and channels).
+    pub async fn sent(&self, conn: &mut Conn) -> anyhow::Result<u64> {
+        self.counter(conn, |l| {
+            l.starts_with("tidings_messages_total{") && l.contains("status=\"sent\"")
+        })
+        .await
+    }
+
     /// Messages the event worker handed straight to the message worker
     /// (`tidings_messages_handed_over_total`), without a lease from the table.
     pub async fn handed_over(&self, conn: &mut Conn) -> anyhow::Result<u64> {
-        let response = conn.request("GET", "/metrics", &[], b"").await?;
-        let text = String::from_utf8_lossy(&response.body);
-        Ok(text
-            .lines()
-            .filter_map(|l| l.strip_prefix("tidings_messages_handed_over_total "))
-            .filter_map(|n| n.trim().parse::<f64>().ok())
-            .sum::<f64>() as u64)
+        self.counter(conn, |l| {
+            l.starts_with("tidings_messages_handed_over_total ")
+        })
+        .await
     }
 
-    pub async fn sent(&self, conn: &mut Conn) -> anyhow::Result<u64> {
+    /// The sum of the `/metrics` samples whose lines `select` picks.
+    async fn counter(&self, conn: &mut Conn, select: impl Fn(&str) -> bool) -> anyhow::Result<u64> {
         let response = conn.request("GET", "/metrics", &[], b"").await?;
         let text = String::from_utf8_lossy(&response.body);
         Ok(text
             .lines()
-            .filter(|l| l.starts_with("tidings_messages_total{") && l.contains("status=\"sent\""))
+            .filter(|l| select(l))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>() as u64)
     }
