@@ -16,6 +16,7 @@
 pub mod cache;
 mod fault;
 pub mod limits;
+mod lower;
 pub mod sandbox;
 
 use std::collections::HashMap;
@@ -33,9 +34,7 @@ use wasmtime::component::{
 };
 use wasmtime::{Engine, Store, Trap};
 
-use crate::bindings::{
-    self, CONTRACT_VERSION, PLUGIN_INTERFACE, RulePre, convert::Conv, types as wit,
-};
+use crate::bindings::{CONTRACT_VERSION, PLUGIN_INTERFACE, RulePre, convert::Conv, types as wit};
 use cache::ArtifactCache;
 pub use fault::{DecideError, Fault, LoadError, RuntimeError};
 pub use limits::{EngineLimits, InvalidLimit, Limits};
@@ -83,9 +82,12 @@ struct PluginInner {
     decide: ComponentExportIndex,
 }
 
-/// The contract's `decide`: `func(event, context) -> result<list<action>, rule-error>`.
-type DecideFn<'a> =
-    TypedFunc<(&'a wit::OrderEvent, &'a wit::Context), (Result<Vec<wit::Action>, wit::RuleError>,)>;
+/// The contract's `decide`: `func(event, context) -> result<list<action>, rule-error>`,
+/// its arguments borrowed from the SDK's types.
+type DecideFn<'a> = TypedFunc<
+    (lower::OrderEvent<'a>, lower::Context<'a>),
+    (Result<Vec<wit::Action>, wit::RuleError>,),
+>;
 
 impl PluginInner {
     /// `decide` of `instance`, an instance of this plugin's component.
@@ -128,9 +130,10 @@ fn decide_export(
             "the plugin interface has no `decide` function".into(),
         ));
     };
-    func.typecheck::<(&wit::OrderEvent, &wit::Context), (Result<Vec<wit::Action>, wit::RuleError>,)>(
-        &pre.instance_type(),
-    )
+    func.typecheck::<
+        (lower::OrderEvent<'_>, lower::Context<'_>),
+        (Result<Vec<wit::Action>, wit::RuleError>,),
+    >(&pre.instance_type())
     .map_err(|e| LoadError::Invalid(format!("type-checking `decide`: {e:#}")))?;
     Ok(index)
 }
@@ -465,8 +468,7 @@ impl Runtime {
         limits: &Limits,
     ) -> Result<Decision, DecideError> {
         let mut run = self.sandbox(limits, ctx.now.as_millisecond(), &event.id);
-        let wit_event: bindings::types::OrderEvent = event.without_contact_details().conv();
-        let wit_ctx: bindings::types::Context = ctx.clone().conv();
+        let args = (lower::OrderEvent::new(event), lower::Context::new(ctx));
 
         let called = (|| {
             let instance = plugin
@@ -477,7 +479,7 @@ impl Runtime {
                 .map_err(|e| instantiation_fault(&e))?;
             let decide = plugin.inner.decide_func(&mut run.store, &instance)?;
             decide
-                .call(&mut run.store, (&wit_event, &wit_ctx))
+                .call(&mut run.store, args)
                 .map(|(result,)| result)
                 .map_err(|e| classify(&e, &run.store, limits, &self.engine_limits))
         })();
