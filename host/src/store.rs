@@ -386,7 +386,33 @@ pub fn derived_id(prefix: &str, at_ms: i64, parts: &[&str]) -> String {
     format!("{prefix}_{at_ms:012x}{}", hex::encode(&digest[..6]))
 }
 
+/// The condition of an optional list filter on `column`, parameter `$n`:
+/// `column = $n` when a value is given, else `$n = ''`, which holds (callers
+/// bind `''` for an absent filter) and keeps the statement's parameters
+/// numbered alike. The one-statement form `($n = '' OR column = $n)` reads
+/// the same, but through the `OR` neither database narrows by `column` in an
+/// index: filtering one order read all of the tenant's rows.
+fn filter(column: &str, n: usize, value: Option<&str>) -> String {
+    match value {
+        Some(value) if !value.is_empty() => format!("{column} = ${n}"),
+        _ => format!("${n} = ''"),
+    }
+}
+
 /// Now, in milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::filter;
+
+    #[test]
+    fn a_list_filter_is_an_indexable_equality_or_a_condition_that_holds() {
+        assert_eq!(filter("order_id", 2, Some("ord_1")), "order_id = $2");
+        // Absent and empty read alike: no filter, and `$2` is still bound.
+        assert_eq!(filter("order_id", 2, None), "$2 = ''");
+        assert_eq!(filter("order_id", 2, Some("")), "$2 = ''");
+    }
 }

@@ -68,10 +68,11 @@ impl Store {
         after: i64,
         limit: i64,
     ) -> Result<Vec<AuditRow>, StoreError> {
-        Ok(sqlx::query_as(
+        let order = super::filter("order_id", 2, order_id);
+        Ok(sqlx::query_as(&format!(
             "SELECT seq, order_id, event_id, message_id, stage, action, actor, detail, at FROM audit_log
-             WHERE tenant_id = $1 AND ($2 = '' OR order_id = $2) AND seq > $3 ORDER BY seq LIMIT $4",
-        )
+             WHERE tenant_id = $1 AND {order} AND seq > $3 ORDER BY seq LIMIT $4",
+        ))
         .bind(tenant_id)
         .bind(order_id.unwrap_or(""))
         .bind(after)

@@ -58,12 +58,16 @@ impl Store {
         tenant_id: &str,
         f: &EscalationFilter<'_>,
     ) -> Result<Vec<EscalationRow>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT * FROM escalations WHERE tenant_id = $1 AND ($2 = '' OR order_id = $2) AND ($3 = '' OR queue = $3)
-             AND ($4 = '' OR priority = $4) AND ($5 = '' OR status = $5) AND ($6 < 0 OR breached = $6)
+        let order = super::filter("order_id", 2, f.order_id);
+        let queue = super::filter("queue", 3, f.queue);
+        let priority = super::filter("priority", 4, f.priority);
+        let status = super::filter("status", 5, f.status);
+        Ok(sqlx::query_as(&format!(
+            "SELECT * FROM escalations WHERE tenant_id = $1 AND {order} AND {queue}
+             AND {priority} AND {status} AND ($6 < 0 OR breached = $6)
              AND ($7 = 0 OR status IN ('open', 'acknowledged'))
              ORDER BY id DESC LIMIT 500",
-        )
+        ))
         .bind(tenant_id)
         .bind(f.order_id.unwrap_or(""))
         .bind(f.queue.unwrap_or(""))

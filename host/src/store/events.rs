@@ -144,9 +144,10 @@ impl Store {
         after: Option<&str>,
         limit: i64,
     ) -> Result<Vec<EventRow>, StoreError> {
+        let order = super::filter("order_id", 2, order_id);
         Ok(sqlx::query_as(&format!(
             "SELECT {EVENT_COLUMNS} FROM events
-             WHERE tenant_id = $1 AND ($2 = '' OR order_id = $2) AND ($3 = '' OR id < $3)
+             WHERE tenant_id = $1 AND {order} AND ($3 = '' OR id < $3)
              ORDER BY id DESC LIMIT $4"
         ))
         .bind(tenant_id)

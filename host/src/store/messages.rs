@@ -250,10 +250,12 @@ impl Store {
         f: &MessageFilter<'_>,
         limit: i64,
     ) -> Result<Vec<MessageRow>, StoreError> {
+        let order = super::filter("order_id", 2, f.order_id);
+        let status = super::filter("status", 3, f.status);
+        let channel = super::filter("channel", 4, f.channel);
         Ok(sqlx::query_as(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages
-             WHERE tenant_id = $1 AND ($2 = '' OR order_id = $2) AND ($3 = '' OR status = $3)
-               AND ($4 = '' OR channel = $4) AND ($5 = '' OR id < $5)
+             WHERE tenant_id = $1 AND {order} AND {status} AND {channel} AND ($5 = '' OR id < $5)
              ORDER BY id DESC LIMIT $6"
         ))
         .bind(tenant_id)
@@ -546,16 +548,10 @@ impl Store {
         order_id: Option<&str>,
         open_only: bool,
     ) -> Result<Vec<EscalationRow>, StoreError> {
-        // Two statements rather than `($2 = '' OR order_id = $2)`: with the
-        // `OR`, neither database narrows by order in the index, and the
-        // pipeline's look at one order (for every event) read all of the
-        // tenant's tickets.
-        let order = match order_id {
-            Some(_) => "AND order_id = $2",
-            None => "AND $2 = ''",
-        };
+        // The pipeline looks at one order for every event: by the index.
+        let order = super::filter("order_id", 2, order_id);
         Ok(sqlx::query_as(&format!(
-            "SELECT * FROM escalations WHERE tenant_id = $1 {order}
+            "SELECT * FROM escalations WHERE tenant_id = $1 AND {order}
              AND ($3 = 0 OR status IN ('open', 'acknowledged')) ORDER BY id DESC LIMIT 500"
         ))
         .bind(tenant_id)
