@@ -112,10 +112,11 @@ pub fn density(d: &Report) -> String {
          `GET /v1/plugins/{id}` with the tenant's key (so the first does not also read the key from \
          the database, which the event worker never does): the first \
          loads the plugin (the artifact found by the plugin's recorded sha256, mapped from the \
-         cache directory, deserialized and linked), the second finds it loaded; their difference is the load. `decision µs` is the \
-         sandboxed decision's own recorded wall time.\n\n",
+         cache directory, deserialized and linked), the next five find it loaded; the first minus \
+         the median of those five is the load. `decision µs` is the sandboxed decision's own \
+         recorded wall time in that median run.\n\n",
     );
-    s.push_str("| plugin | samples | first dry-run ms (median / max) | second ms (median) | load = first − second, ms (median / max) | decision µs (median) |\n");
+    s.push_str("| plugin | samples | first dry-run ms (median / max) | warm ms (median) | load = first − warm, ms (median / max) | decision µs (median) |\n");
     s.push_str("|---|---:|---:|---:|---:|---:|\n");
     let mut groups: Vec<&str> = d.cold.iter().map(|c| c.what.as_str()).collect();
     groups.sort();
@@ -132,16 +133,11 @@ pub fn density(d: &Report) -> String {
                 .map(|c| c.first.as_secs_f64() * 1e3)
                 .collect(),
         );
-        let second = median(
-            samples
-                .iter()
-                .map(|c| c.second.as_secs_f64() * 1e3)
-                .collect(),
-        );
+        let warm = median(samples.iter().map(|c| c.warm.as_secs_f64() * 1e3).collect());
         let load = median(
             samples
                 .iter()
-                .map(|c| (c.first.as_secs_f64() - c.second.as_secs_f64()) * 1e3)
+                .map(|c| (c.first.as_secs_f64() - c.warm.as_secs_f64()) * 1e3)
                 .collect(),
         );
         let decision = median(samples.iter().map(|c| c.decision_us as f64).collect());
@@ -151,7 +147,7 @@ pub fn density(d: &Report) -> String {
             samples.len(),
             first.0,
             first.1,
-            second.0,
+            warm.0,
             load.0,
             load.1,
             decision.0
