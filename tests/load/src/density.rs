@@ -38,7 +38,7 @@ pub struct Tenant {
 }
 
 /// How many dry runs after the first one make the warm baseline.
-const WARM_RUNS: usize = 5;
+pub const WARM_RUNS: usize = 5;
 
 /// One cold tenant: its first dry run after the restart, and the median of
 /// the [`WARM_RUNS`] after it.

@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::density::Report;
+use crate::density::{Report, WARM_RUNS};
 use crate::e2e::{Options, Rate, Throughput};
 use crate::stats::{mib, ms};
 
@@ -106,14 +106,15 @@ pub fn density(d: &Report) -> String {
         "| restarted, after the cold samples below | {} | |",
         mib(d.rss_restart_cold)
     );
-    s.push_str(
+    let _ = write!(
+        s,
         "\nFirst decision of a tenant whose plugin is not loaded in this process (restarted service; \
-         the precompiled artifact on disk), as `POST /v1/plugins/{id}/dry-run` round trips, after a \
-         `GET /v1/plugins/{id}` with the tenant's key (so the first does not also read the key from \
+         the precompiled artifact on disk), as `POST /v1/plugins/{{id}}/dry-run` round trips, after a \
+         `GET /v1/plugins/{{id}}` with the tenant's key (so the first does not also read the key from \
          the database, which the event worker never does): the first \
          loads the plugin (the artifact found by the plugin's recorded sha256, mapped from the \
-         cache directory, deserialized and linked), the next five find it loaded; the first minus \
-         the median of those five is the load. `decision µs` is the sandboxed decision's own \
+         cache directory, deserialized and linked), the next {WARM_RUNS} find it loaded; the first minus \
+         the median of those {WARM_RUNS} is the load. `decision µs` is the sandboxed decision's own \
          recorded wall time in that median run.\n\n",
     );
     s.push_str("| plugin | samples | first dry-run ms (median / max) | warm ms (median) | load = first − warm, ms (median / max) | decision µs (median) |\n");
