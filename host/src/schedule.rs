@@ -106,12 +106,17 @@ pub async fn process_some_events(
 }
 
 /// How many messages one worker delivers at once (from rendering to storing
-/// the outcome).
-pub const CONCURRENCY: usize = 32;
-/// How many of those may be at one tenant's channel's transport at once: a
-/// provider that hangs or a slow webhook endpoint holds at most this many
-/// slots, so other tenants and channels keep moving.
-pub const PER_DESTINATION: usize = 8;
+/// the outcome): four destinations' worth.
+pub const CONCURRENCY: usize = 4 * PER_DESTINATION;
+/// How many of those may be at one tenant's channel's transport at once. It
+/// bounds two things:
+/// - a provider that hangs or a slow webhook endpoint holds at most this many
+///   slots, a quarter of the worker's, so other tenants and channels keep
+///   moving;
+/// - one destination sends at most this many messages at a time, so at most
+///   `PER_DESTINATION / latency` per second: 32 at 50 ms an SMTP transaction
+///   is ~640 messages/s (with 8 it was ~160/s).
+pub const PER_DESTINATION: usize = 32;
 
 /// How many messages the event worker may hand over to the message worker
 /// at once (stored, or being stored, and not yet started); beyond that,

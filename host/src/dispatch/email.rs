@@ -411,6 +411,10 @@ fn percent_decode(s: &str) -> Result<String, SmtpConfigError> {
     String::from_utf8(bytes).map_err(|_| SmtpConfigError::Encoding("(not UTF-8)"))
 }
 
+/// Connections kept open to one relay: as many as the message worker sends
+/// to one destination at once, so none is opened per message.
+const POOLED: u32 = crate::schedule::PER_DESTINATION as u32;
+
 /// Sends email to an SMTP relay over pooled connections.
 #[derive(Clone)]
 pub struct SmtpTransport {
@@ -456,7 +460,7 @@ impl SmtpTransport {
             .port(relay.port)
             .tls(tls)
             .timeout(Some(TIMEOUT))
-            .pool_config(PoolConfig::new().max_size(8));
+            .pool_config(PoolConfig::new().max_size(POOLED));
         if let Some((user, password)) = &relay.credentials {
             builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
         }
