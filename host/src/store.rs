@@ -41,8 +41,8 @@ pub use escalations::{EscalationFilter, NoteRow};
 pub use events::{EventRow, NewEvent};
 pub use integrations::PlatformOrderRow;
 pub use messages::{
-    AttemptRow, DecisionRow, EscalationRow, FactsQuery, LeaseRoom, MessageFilter, MessageRow,
-    NewEscalation, NewMessage, PolicyFacts,
+    AttemptRow, DecisionRow, EscalationRow, FactsQuery, HistoryRow, LeaseRoom, MessageFilter,
+    MessageRow, NewEscalation, NewMessage, PolicyFacts,
 };
 pub use plugins::{InstallRow, PluginRow};
 pub use tenants::{ApiKeyRow, TemplateRow, TenantRow};
