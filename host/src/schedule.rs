@@ -114,9 +114,10 @@ pub const CONCURRENCY: usize = 4 * PER_DESTINATION;
 ///   slots, a quarter of the worker's, so other tenants and channels keep
 ///   moving;
 /// - one destination sends at most this many messages at a time, so at most
-///   `PER_DESTINATION / latency` per second: 32 at 50 ms an SMTP transaction
-///   is ~640 messages/s (with 8 it was ~160/s).
-pub const PER_DESTINATION: usize = 32;
+///   `PER_DESTINATION / latency` per second: ~170/s against a relay that
+///   takes 45 ms a message. 32 gave 3.4 times that, but more deliveries at
+///   once delayed the ingest door (BENCHMARKS.md, 2026-12-06).
+pub const PER_DESTINATION: usize = 8;
 
 /// How many messages the event worker may hand over to the message worker
 /// at once (stored, or being stored, and not yet started); beyond that,
