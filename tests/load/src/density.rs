@@ -138,6 +138,37 @@ async fn cold_sample(
     })
 }
 
+/// How many times the service is restarted for cold samples of the shared
+/// plugins (one each per restart).
+pub const SHARED_RESTARTS: usize = 5;
+
+/// In a service just restarted: warm the process itself (connections, the
+/// first request's allocations) on the first shared plugin, then take one
+/// cold sample of each other shared plugin.
+async fn shared_samples(
+    conn: &mut Conn,
+    tenants: &[Tenant],
+    shared: &[String],
+    event: &Value,
+) -> anyhow::Result<Vec<Cold>> {
+    let warm = tenants
+        .iter()
+        .find(|t| !t.unique && t.plugin == shared[0])
+        .context("a tenant of the first shared plugin")?;
+    dry_run(conn, warm, event).await?;
+    dry_run(conn, warm, event).await?;
+    let mut cold = Vec::new();
+    for (which, plugin) in shared.iter().enumerate().skip(1) {
+        let tenant = tenants
+            .iter()
+            .find(|t| &t.plugin == plugin)
+            .context("a tenant of each shared plugin")?;
+        let what = format!("shared {}", BUNDLED[which]);
+        cold.push(cold_sample(conn, tenant, event, what).await?);
+    }
+    Ok(cold)
+}
+
 pub async fn run(dir: &Path, options: &Options) -> anyhow::Result<Report> {
     let dir = dir.join("density");
     std::fs::create_dir_all(&dir)?;
@@ -238,23 +269,7 @@ pub async fn run(dir: &Path, options: &Options) -> anyhow::Result<Report> {
     let service = Service::start(&serve).await?;
     let rss_restart = service.memory()?.0;
     let mut conn = Conn::new(service.addr);
-    // Warm the process itself (connections, the first request's allocations)
-    // on one shared plugin, which is then excluded from the samples.
-    let warm = tenants
-        .iter()
-        .find(|t| !t.unique && t.plugin == shared[0])
-        .context("a tenant of the first shared plugin")?;
-    dry_run(&mut conn, warm, &event).await?;
-    dry_run(&mut conn, warm, &event).await?;
-    let mut cold = Vec::new();
-    for (which, plugin) in shared.iter().enumerate().skip(1) {
-        let tenant = tenants
-            .iter()
-            .find(|t| &t.plugin == plugin)
-            .context("a tenant of each shared plugin")?;
-        let what = format!("shared {}", BUNDLED[which]);
-        cold.push(cold_sample(&mut conn, tenant, &event, what).await?);
-    }
+    let mut cold = shared_samples(&mut conn, &tenants, &shared, &event).await?;
     for (n, tenant) in tenants
         .iter()
         .enumerate()
@@ -265,6 +280,16 @@ pub async fn run(dir: &Path, options: &Options) -> anyhow::Result<Report> {
         cold.push(cold_sample(&mut conn, tenant, &event, what).await?);
     }
     let rss_restart_cold = service.memory()?.0;
+    drop(service);
+    // A shared plugin is cold only once per process: more samples of it
+    // take more restarts.
+    for _ in 1..SHARED_RESTARTS {
+        let service = Service::start(&serve).await?;
+        let mut conn = Conn::new(service.addr);
+        cold.extend(shared_samples(&mut conn, &tenants, &shared, &event).await?);
+    }
+    let service = Service::start(&serve).await?;
+    let mut conn = Conn::new(service.addr);
 
     // Upload-to-active: a component this host has never seen (compiled now).
     let (_, key) = service::create_tenant(&mut conn, "new shop").await?;

@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::density::{Report, WARM_RUNS};
+use crate::density::{Report, SHARED_RESTARTS, WARM_RUNS};
 use crate::e2e::{Options, Rate, Throughput};
 use crate::stats::{mib, ms};
 
@@ -115,7 +115,8 @@ pub fn density(d: &Report) -> String {
          loads the plugin (the artifact found by the plugin's recorded sha256, mapped from the \
          cache directory, deserialized and linked), the next {WARM_RUNS} find it loaded; the first minus \
          the median of those {WARM_RUNS} is the load. `decision µs` is the sandboxed decision's own \
-         recorded wall time in that median run.\n\n",
+         recorded wall time in that median run. A shared plugin is cold once per process, so its \
+         samples come from {SHARED_RESTARTS} restarts, one each.\n\n",
     );
     s.push_str("| plugin | samples | first dry-run ms (median / max) | warm ms (median) | load = first − warm, ms (median / max) | decision µs (median) |\n");
     s.push_str("|---|---:|---:|---:|---:|---:|\n");
