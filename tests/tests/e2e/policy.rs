@@ -14,6 +14,7 @@ on_both_backends!(
     transactional_mail_respects_a_channel_opt_out,
     a_repeated_event_for_an_order_notifies_once,
     marketing_is_capped_per_customer,
+    a_plugin_is_told_what_the_order_was_sent_before,
 );
 
 /// A shop whose `configurable` plugin sends `order-confirmation` by email
@@ -156,4 +157,46 @@ async fn marketing_is_capped_per_customer(db: Db) {
     let third = statuses(&service, &key, "ord_cap2").await;
     assert_eq!(third[0].0, "suppressed");
     assert!(third[0].1.contains("frequency cap"), "{third:?}");
+}
+
+/// The history a plugin gets comes from the store: `standard-lifecycle`
+/// thanks for a payment only after it told the customer the order awaits it.
+async fn a_plugin_is_told_what_the_order_was_sent_before(db: Db) {
+    let service = TestService::new(db).await;
+    let (_, key) = service.tenant("Shop", json!({})).await;
+    service
+        .install(&key, guests::STANDARD_LIFECYCLE, json!({}))
+        .await;
+    service.default_templates(&key).await;
+    let mut created = fixture(EventKind::OrderCreated);
+    created.id = "evt_created".into();
+    created.order.id = "ord_transfer".into();
+    created
+        .order
+        .attributes
+        .insert("payment_status".into(), "pending".into());
+    let mut payment = created.clone();
+    payment.kind = EventKind::OrderPaid;
+    payment.id = "evt_paid".into();
+    payment.order.attributes.clear();
+
+    service.post_event(&key, &created).await;
+    service.run_workers().await;
+    service.post_event(&key, &payment).await;
+    service.run_workers().await;
+    let templates: Vec<String> = service
+        .messages(&key, "ord_transfer")
+        .await
+        .iter()
+        .filter(|m| m["status"] == "sent")
+        .map(|m| m["template"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(
+        templates.iter().any(|t| t == "order-awaiting-payment"),
+        "{templates:?}"
+    );
+    assert!(
+        templates.iter().any(|t| t == "payment-received"),
+        "the second decision saw the first message in its history: {templates:?}"
+    );
 }
