@@ -266,7 +266,7 @@ pub async fn run(dir: &Path, options: &Options) -> anyhow::Result<Report> {
     drop(service);
 
     // Restarted: nothing loaded in this process, the compiled artifacts on disk.
-    let service = Service::start(&serve).await?;
+    let mut service = Service::start(&serve).await?;
     let rss_restart = service.memory()?.0;
     let mut conn = Conn::new(service.addr);
     let mut cold = shared_samples(&mut conn, &tenants, &shared, &event).await?;
@@ -280,16 +280,14 @@ pub async fn run(dir: &Path, options: &Options) -> anyhow::Result<Report> {
         cold.push(cold_sample(&mut conn, tenant, &event, what).await?);
     }
     let rss_restart_cold = service.memory()?.0;
-    drop(service);
     // A shared plugin is cold only once per process: more samples of it
-    // take more restarts.
+    // take more restarts. The last service goes on to upload-to-active.
     for _ in 1..SHARED_RESTARTS {
-        let service = Service::start(&serve).await?;
-        let mut conn = Conn::new(service.addr);
+        drop(service);
+        service = Service::start(&serve).await?;
+        conn = Conn::new(service.addr);
         cold.extend(shared_samples(&mut conn, &tenants, &shared, &event).await?);
     }
-    let service = Service::start(&serve).await?;
-    let mut conn = Conn::new(service.addr);
 
     // Upload-to-active: a component this host has never seen (compiled now).
     let (_, key) = service::create_tenant(&mut conn, "new shop").await?;
