@@ -322,26 +322,42 @@ impl Runtime {
         }
         let sha256 = hex::encode(Sha256::digest(bytes));
         let component = self.cache.get_or_compile(&sha256, bytes)?;
-        self.link(component, sha256, bytes.len())
+        self.link(component, sha256, bytes.len(), None)
     }
 
     /// Load a stored plugin from the compiled-component cache (memory or
     /// `cache_dir`) by the sha256 and size recorded when it was uploaded,
     /// without reading or hashing its bytes; `None` when it has not been
-    /// compiled there (then [`Runtime::load`] its bytes).
-    pub fn load_compiled(&self, sha256: &str, size: usize) -> Result<Option<Plugin>, LoadError> {
+    /// compiled there (then [`Runtime::load`] its bytes). `described` is what
+    /// its `describe()` returned then: given, the plugin is not instantiated
+    /// to be asked again.
+    pub fn load_compiled(
+        &self,
+        sha256: &str,
+        size: usize,
+        described: Option<PluginInfo>,
+    ) -> Result<Option<Plugin>, LoadError> {
         let limit = self.engine_limits.component_bytes;
         if size > limit {
             return Err(LoadError::TooLarge { size, limit });
         }
         match self.cache.get(sha256) {
-            Some(component) => self.link(component, sha256.to_owned(), size).map(Some),
+            Some(component) => self
+                .link(component, sha256.to_owned(), size, described)
+                .map(Some),
             None => Ok(None),
         }
     }
 
-    /// Check `component`'s contract, link it and ask it to describe itself.
-    fn link(&self, component: Component, sha256: String, size: usize) -> Result<Plugin, LoadError> {
+    /// Check `component`'s contract, link it and ask it to describe itself
+    /// (unless it was `described` before).
+    fn link(
+        &self,
+        component: Component,
+        sha256: String,
+        size: usize,
+        described: Option<PluginInfo>,
+    ) -> Result<Plugin, LoadError> {
         let contract = self.contract_version(&component)?;
         let imports = component
             .component_type()
@@ -355,12 +371,17 @@ impl Runtime {
         let decide = decide_export(&instance_pre, &contract)?;
         let pre = RulePre::new(instance_pre).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
 
-        let placeholder = PluginRef {
-            name: "(unnamed)".into(),
-            version: "0.0.0".into(),
-            sha256: sha256.clone(),
+        let info = match described {
+            Some(info) => info,
+            None => {
+                let placeholder = PluginRef {
+                    name: "(unnamed)".into(),
+                    version: "0.0.0".into(),
+                    sha256: sha256.clone(),
+                };
+                self.describe(&pre, &placeholder)?
+            }
         };
-        let info = self.describe(&pre, &placeholder)?;
         let id = PluginRef {
             name: info.name.clone(),
             version: info.version.clone(),

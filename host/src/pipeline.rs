@@ -153,16 +153,20 @@ impl Pipeline {
             id: id.to_owned(),
             message,
         };
-        let (sha256, size) = self
+        let digest = self
             .store
             .plugin_digest(id)
             .await?
             .ok_or_else(|| unavailable("not stored".into()))?;
         // Compiled before (at upload, or by another process sharing the
-        // cache directory): linked from the artifact, bytes left unread.
-        let size = usize::try_from(size).unwrap_or(usize::MAX);
+        // cache directory): linked from the artifact, bytes left unread, and
+        // not asked to describe itself again (an unreadable record is asked).
+        let size = usize::try_from(digest.size).unwrap_or(usize::MAX);
+        let described = serde_json::from_str(&digest.info).ok();
         let compiled = self
-            .load_blocking(id, move |r| r.load_compiled(&sha256, size))
+            .load_blocking(id, move |r| {
+                r.load_compiled(&digest.sha256, size, described)
+            })
             .await?;
         let plugin = match compiled {
             Some(plugin) => plugin,

@@ -44,7 +44,7 @@ pub use messages::{
     AttemptRow, DecisionRow, EscalationRow, FactsQuery, HistoryRow, LeaseRoom, MessageFilter,
     MessageRow, NewEscalation, NewMessage, PolicyFacts,
 };
-pub use plugins::{InstallRow, PluginRow};
+pub use plugins::{InstallRow, PluginDigest, PluginRow};
 pub use tenants::{ApiKeyRow, TemplateRow, TenantRow};
 pub use writes::{Committed, Count, NewDecision, Stored, Writes};
 

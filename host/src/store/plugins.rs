@@ -27,6 +27,17 @@ pub struct PluginRow {
     pub created_at: i64,
 }
 
+/// A stored plugin as the loader finds it (see [`Store::plugin_digest`]).
+#[derive(Debug, Clone, FromRow)]
+pub struct PluginDigest {
+    /// Hex sha256 of the component.
+    pub sha256: String,
+    /// Component size, bytes.
+    pub size: i64,
+    /// `describe()` as JSON.
+    pub info: String,
+}
+
 /// An installed plugin with its merchant config.
 #[derive(Debug, Clone, FromRow)]
 pub struct InstallRow {
@@ -73,9 +84,10 @@ impl Store {
             info: info.to_owned(),
             created_at: now_ms(),
         };
+        let mut tx = self.begin_write().await?;
         sqlx::query(
-            "INSERT INTO plugins (id, tenant_id, name, version, sha256, size, contract, info, component, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            "INSERT INTO plugins (id, tenant_id, name, version, sha256, size, contract, info, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&row.id)
         .bind(&row.tenant_id)
@@ -85,11 +97,16 @@ impl Store {
         .bind(row.size)
         .bind(&row.contract)
         .bind(&row.info)
-        .bind(component)
         .bind(row.created_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(|e| StoreError::from_insert(e, &format!("plugin {name}@{version}")))?;
+        sqlx::query("INSERT INTO plugin_components (plugin_id, component) VALUES ($1, $2)")
+            .bind(&row.id)
+            .bind(component)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         self.durable(turn).await?;
         Ok(row)
     }
@@ -128,11 +145,12 @@ impl Store {
         .await?)
     }
 
-    /// A plugin's recorded sha256 and size, to find its compiled component
-    /// without reading the bytes.
-    pub async fn plugin_digest(&self, id: &str) -> Result<Option<(String, i64)>, StoreError> {
+    /// What loading a stored plugin needs besides its bytes: its recorded
+    /// sha256 and size, to find its compiled component, and what its
+    /// `describe()` returned at upload.
+    pub async fn plugin_digest(&self, id: &str) -> Result<Option<PluginDigest>, StoreError> {
         Ok(
-            sqlx::query_as("SELECT sha256, size FROM plugins WHERE id = $1")
+            sqlx::query_as("SELECT sha256, size, info FROM plugins WHERE id = $1")
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await?,
@@ -141,10 +159,11 @@ impl Store {
 
     /// A stored plugin's component bytes.
     pub async fn plugin_component(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let row: Option<(Vec<u8>,)> = sqlx::query_as("SELECT component FROM plugins WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row: Option<(Vec<u8>,)> =
+            sqlx::query_as("SELECT component FROM plugin_components WHERE plugin_id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(row.map(|(bytes,)| bytes))
     }
 

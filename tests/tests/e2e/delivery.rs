@@ -14,6 +14,7 @@ on_both_backends!(
     a_permanent_failure_is_dead_at_once,
     an_event_processed_again_after_a_crash_schedules_nothing_twice,
     a_plugin_that_no_longer_loads_is_a_fault_and_the_other_plugins_still_decide,
+    a_restarted_service_decides_with_stored_plugins_from_the_compiled_cache,
     messages_due_at_once_go_to_the_running_message_worker_as_they_are_stored,
 );
 
@@ -231,13 +232,19 @@ async fn a_plugin_that_no_longer_loads_is_a_fault_and_the_other_plugins_still_de
     // The stored component is damaged (and so is its recorded sha256, or
     // the compiled artifact in the cache would still load without reading
     // the bytes); a fresh process has not loaded it.
-    sqlx::query("UPDATE plugins SET component = $1, sha256 = $2 WHERE id = $3")
+    let pool = service.state.pipeline.store.pool();
+    sqlx::query("UPDATE plugin_components SET component = $1 WHERE plugin_id = $2")
         .bind(b"\0asm garbage".to_vec())
+        .bind(&broken)
+        .execute(pool)
+        .await
+        .expect("damage the component");
+    sqlx::query("UPDATE plugins SET sha256 = $1 WHERE id = $2")
         .bind("0".repeat(64))
         .bind(&broken)
-        .execute(service.state.pipeline.store.pool())
+        .execute(pool)
         .await
-        .expect("damage");
+        .expect("damage its sha256");
     let fresh = service.reopen().await;
     let mut e = fixture(EventKind::OrderCreated);
     e.order.id = "ord_unloadable".into();
@@ -274,6 +281,63 @@ async fn a_plugin_that_no_longer_loads_is_a_fault_and_the_other_plugins_still_de
             .expect("reason")
             .contains("could not be loaded"),
         "{tickets}"
+    );
+}
+
+/// A fresh process links a stored plugin from the compiled cache and takes
+/// its name and version from what `describe()` said at upload; a plugin
+/// whose stored description is unreadable is asked again.
+async fn a_restarted_service_decides_with_stored_plugins_from_the_compiled_cache(db: Db) {
+    let service = TestService::new(db).await;
+    let key = shop(&service, json!({})).await;
+    let unreadable = service
+        .install(&key, guests::VIP_CONCIERGE, json!({}))
+        .await;
+    sqlx::query("UPDATE plugins SET info = $1 WHERE id = $2")
+        .bind("not json")
+        .bind(&unreadable)
+        .execute(service.state.pipeline.store.pool())
+        .await
+        .expect("damage the description");
+    let fresh = service.reopen().await;
+    let mut e = fixture(EventKind::OrderCreated);
+    e.order.id = "ord_restarted".into();
+    fresh.post_event(&key, &e).await;
+    fresh.run_workers().await;
+
+    let (_, events) = fresh
+        .call(
+            Method::GET,
+            "/v1/events?order_id=ord_restarted",
+            Some(&key),
+            None,
+        )
+        .await;
+    let event = &events["items"][0];
+    assert_eq!(event["status"], "processed", "{events}");
+    let mut decided: Vec<(&str, &str)> = event["decisions"]
+        .as_array()
+        .expect("decisions")
+        .iter()
+        .map(|d| {
+            (
+                d["plugin"].as_str().expect("plugin"),
+                d["outcome"].as_str().expect("outcome"),
+            )
+        })
+        .collect();
+    decided.sort();
+    assert_eq!(
+        decided,
+        [
+            ("standard-lifecycle@0.1.0", "actions"),
+            ("vip-concierge@0.1.0", "actions")
+        ],
+        "{events}"
+    );
+    assert_eq!(
+        fresh.messages(&key, "ord_restarted").await[0]["status"],
+        "sent"
     );
 }
 
