@@ -276,12 +276,21 @@ impl Store {
         let Some(pending) = &self.pending else {
             return self.commit_alone(&writes).await;
         };
-        let (done, result) = tokio::sync::oneshot::channel();
+        let (done, mut result) = tokio::sync::oneshot::channel();
         pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push((writes, done));
-        let turn = self.writing().await;
+        // Whoever gets the turn next stores everything waiting, ours too. If
+        // ours are stored before our turn comes, leave the queue: otherwise
+        // every caller whose writes were taken along still waits its turn,
+        // one wake-up after another, and under load an ingest's
+        // acknowledgement waited behind tens of them, its event long stored.
+        let turn = tokio::select! {
+            biased;
+            answer = &mut result => return Self::answer(answer),
+            turn = self.writing() => turn,
+        };
         let batch = std::mem::take(&mut *pending.lock().unwrap_or_else(|e| e.into_inner()));
         if batch.is_empty() {
             // Someone before us took ours along.
@@ -292,7 +301,13 @@ impl Store {
             let store = self.clone();
             tokio::spawn(async move { store.store_batch(batch, turn).await });
         }
-        result.await.unwrap_or_else(|_| {
+        Self::answer(result.await)
+    }
+
+    fn answer(
+        answer: Result<Result<Applied, StoreError>, tokio::sync::oneshot::error::RecvError>,
+    ) -> Result<Applied, StoreError> {
+        answer.unwrap_or_else(|_| {
             Err(StoreError::Batch(
                 "the transaction with these writes ended without an answer".into(),
             ))
@@ -786,6 +801,58 @@ mod tests {
             .await
             .expect("count");
         assert_eq!(count, 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Writes taken along in another caller's batch are answered when that
+    /// batch is stored, even while a third party holds the write turn.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_stored_in_another_batch_do_not_wait_for_their_turn() {
+        let dir = std::env::temp_dir().join(new_id("tidings-writes-test"));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let url = format!("sqlite://{}", dir.join("t.db").display());
+        let store = Store::connect(&url).await.expect("connect");
+        let tenant = store
+            .create_tenant("Shop", "UTC", "en", &serde_json::json!({}))
+            .await
+            .expect("tenant");
+        let commit = |key: &'static str| {
+            let (store, tenant_id) = (store.clone(), tenant.id.clone());
+            tokio::spawn(async move {
+                let mut w = Writes::default();
+                w.event(&event(&tenant_id, key), "test");
+                store.commit_event(w).await
+            })
+        };
+        // Queued for the turn in this order: `first`, the holder, `second`.
+        let settle = || tokio::time::sleep(std::time::Duration::from_millis(50));
+        let turn = store.writing().await;
+        let first = commit("evt_first");
+        settle().await;
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let holder = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let _turn = store.writing().await;
+                let _ = released.await;
+            })
+        };
+        settle().await;
+        let second = commit("evt_second");
+        settle().await;
+        drop(turn);
+
+        // `first` takes both into its batch; then the holder has the turn.
+        first.await.expect("task").expect("first stored");
+        let (row, new) = tokio::time::timeout(std::time::Duration::from_secs(10), second)
+            .await
+            .expect("answered while the holder has the turn")
+            .expect("task")
+            .expect("second stored");
+        assert!(new);
+        assert_eq!(row.idempotency_key, "evt_second");
+        let _ = release.send(());
+        holder.await.expect("holder");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
