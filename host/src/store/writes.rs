@@ -745,17 +745,24 @@ mod tests {
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn writes_that_fail_in_a_batch_fail_alone_and_the_others_are_stored() {
+    /// A store on a new SQLite file (so with the writer thread), with one
+    /// tenant; the directory is the caller's to remove.
+    async fn file_store() -> (std::path::PathBuf, Store, super::super::TenantRow) {
         let dir = std::env::temp_dir().join(new_id("tidings-writes-test"));
         std::fs::create_dir_all(&dir).expect("dir");
         let url = format!("sqlite://{}", dir.join("t.db").display());
         let store = Store::connect(&url).await.expect("connect");
-        assert!(store.batch_writer.is_some(), "a file has the writer thread");
         let tenant = store
             .create_tenant("Shop", "UTC", "en", &serde_json::json!({}))
             .await
             .expect("tenant");
+        (dir, store, tenant)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_that_fail_in_a_batch_fail_alone_and_the_others_are_stored() {
+        let (dir, store, tenant) = file_store().await;
+        assert!(store.batch_writer.is_some(), "a file has the writer thread");
 
         // Both wait for the turn this test holds, so the first to get it
         // stores them in one batch.
@@ -808,14 +815,7 @@ mod tests {
     /// batch is stored, even while a third party holds the write turn.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn writes_stored_in_another_batch_do_not_wait_for_their_turn() {
-        let dir = std::env::temp_dir().join(new_id("tidings-writes-test"));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let url = format!("sqlite://{}", dir.join("t.db").display());
-        let store = Store::connect(&url).await.expect("connect");
-        let tenant = store
-            .create_tenant("Shop", "UTC", "en", &serde_json::json!({}))
-            .await
-            .expect("tenant");
+        let (dir, store, tenant) = file_store().await;
         let commit = |key: &'static str| {
             let (store, tenant_id) = (store.clone(), tenant.id.clone());
             tokio::spawn(async move {

@@ -27,6 +27,24 @@ async fn shop(service: &TestService, settings: Value) -> String {
     key
 }
 
+/// Post an `order_created` for `order_id`, run the workers, and return the
+/// event as `GET /v1/events` lists it, with its decisions.
+async fn order_created_processed(service: &TestService, key: &str, order_id: &str) -> Value {
+    let mut e = fixture(EventKind::OrderCreated);
+    e.order.id = order_id.into();
+    service.post_event(key, &e).await;
+    service.run_workers().await;
+    let (_, events) = service
+        .call(
+            Method::GET,
+            &format!("/v1/events?order_id={order_id}"),
+            Some(key),
+            None,
+        )
+        .await;
+    events["items"][0].clone()
+}
+
 fn block_outbox(service: &TestService) {
     // A plain file where the outbox directory should be: every hand-off fails
     // with an I/O error, which is transient.
@@ -246,20 +264,8 @@ async fn a_plugin_that_no_longer_loads_is_a_fault_and_the_other_plugins_still_de
         .await
         .expect("damage its sha256");
     let fresh = service.reopen().await;
-    let mut e = fixture(EventKind::OrderCreated);
-    e.order.id = "ord_unloadable".into();
-    fresh.post_event(&key, &e).await;
-    fresh.run_workers().await;
-
-    let (_, events) = fresh
-        .call(
-            Method::GET,
-            "/v1/events?order_id=ord_unloadable",
-            Some(&key),
-            None,
-        )
-        .await;
-    assert_eq!(events["items"][0]["status"], "processed", "{events}");
+    let event = order_created_processed(&fresh, &key, "ord_unloadable").await;
+    assert_eq!(event["status"], "processed", "{event}");
     assert_eq!(
         fresh.messages(&key, "ord_unloadable").await[0]["status"],
         "sent",
@@ -300,21 +306,8 @@ async fn a_restarted_service_decides_with_stored_plugins_from_the_compiled_cache
         .await
         .expect("damage the description");
     let fresh = service.reopen().await;
-    let mut e = fixture(EventKind::OrderCreated);
-    e.order.id = "ord_restarted".into();
-    fresh.post_event(&key, &e).await;
-    fresh.run_workers().await;
-
-    let (_, events) = fresh
-        .call(
-            Method::GET,
-            "/v1/events?order_id=ord_restarted",
-            Some(&key),
-            None,
-        )
-        .await;
-    let event = &events["items"][0];
-    assert_eq!(event["status"], "processed", "{events}");
+    let event = order_created_processed(&fresh, &key, "ord_restarted").await;
+    assert_eq!(event["status"], "processed", "{event}");
     let mut decided: Vec<(&str, &str)> = event["decisions"]
         .as_array()
         .expect("decisions")
@@ -333,7 +326,7 @@ async fn a_restarted_service_decides_with_stored_plugins_from_the_compiled_cache
             ("standard-lifecycle@0.1.0", "actions"),
             ("vip-concierge@0.1.0", "actions")
         ],
-        "{events}"
+        "{event}"
     );
     assert_eq!(
         fresh.messages(&key, "ord_restarted").await[0]["status"],
