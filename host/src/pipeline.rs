@@ -27,8 +27,8 @@ use crate::render::TemplateCache;
 use crate::schedule::{Handoff, Wakeups};
 use crate::settings::{FailureFallback, TenantSettings};
 use crate::store::{
-    AuditEntry, Committed, Count, EventRow, FactsQuery, NewDecision, NewMessage, Store, StoreError,
-    TenantRow, Writes,
+    AuditEntry, Committed, Count, EventRow, FactsQuery, NewDecision, NewMessage, PluginDigest,
+    PluginRow, Store, StoreError, TenantRow, Writes,
 };
 
 /// The queue the host itself uses when a plugin fails.
@@ -141,23 +141,39 @@ impl Pipeline {
 
     /// The loaded plugin with this stored id (compiled once per process).
     pub async fn plugin(&self, id: &str) -> Result<Plugin, PipelineError> {
-        if let Some(plugin) = self
-            .plugins
+        if let Some(plugin) = self.loaded(id) {
+            return Ok(plugin);
+        }
+        let digest = self.store.plugin_digest(id).await?.ok_or_else(|| {
+            PipelineError::PluginUnavailable {
+                id: id.to_owned(),
+                message: "not stored".into(),
+            }
+        })?;
+        self.load_stored(id, digest).await
+    }
+
+    /// The loaded plugin of a stored row the caller has read already (the
+    /// dry run and replay have): a plugin not loaded yet is found from the
+    /// row's digest, without reading it again.
+    pub async fn plugin_of(&self, row: &PluginRow) -> Result<Plugin, PipelineError> {
+        if let Some(plugin) = self.loaded(&row.id) {
+            return Ok(plugin);
+        }
+        self.load_stored(&row.id, PluginDigest::from(row)).await
+    }
+
+    fn loaded(&self, id: &str) -> Option<Plugin> {
+        self.plugins
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(id)
-        {
-            return Ok(plugin.clone());
-        }
-        let unavailable = |message: String| PipelineError::PluginUnavailable {
-            id: id.to_owned(),
-            message,
-        };
-        let digest = self
-            .store
-            .plugin_digest(id)
-            .await?
-            .ok_or_else(|| unavailable("not stored".into()))?;
+            .cloned()
+    }
+
+    /// Load stored plugin `id`, whose recorded digest is `digest`, and keep
+    /// it for the next caller.
+    async fn load_stored(&self, id: &str, digest: PluginDigest) -> Result<Plugin, PipelineError> {
         // Compiled before (at upload, or by another process sharing the
         // cache directory): linked from the artifact, bytes left unread, and
         // not asked to describe itself again (an unreadable record is asked).
@@ -171,18 +187,16 @@ impl Pipeline {
         let plugin = match compiled {
             Some(plugin) => plugin,
             None => {
-                let bytes = self
-                    .store
-                    .plugin_component(id)
-                    .await?
-                    .ok_or_else(|| unavailable("not stored".into()))?;
+                let bytes = self.store.plugin_component(id).await?.ok_or_else(|| {
+                    PipelineError::PluginUnavailable {
+                        id: id.to_owned(),
+                        message: "not stored".into(),
+                    }
+                })?;
                 self.load_blocking(id, move |r| r.load(&bytes)).await?
             }
         };
-        self.plugins
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id.to_owned(), plugin.clone());
+        self.remember_plugin(id, plugin.clone());
         Ok(plugin)
     }
 

@@ -283,7 +283,7 @@ async fn dry_run(
     };
     validate_config(&row, &config)?;
     let (_, settings) = state.pipeline.tenant(tenant_id).await?;
-    let plugin = state.pipeline.plugin(&row.id).await?;
+    let plugin = state.pipeline.plugin_of(&row).await?;
     let now = body.now.unwrap_or_else(Timestamp::now);
     let (history, open_escalations) = state
         .pipeline
@@ -348,7 +348,7 @@ async fn replay(
     };
     validate_config(&row, &config)?;
     let (_, settings) = state.pipeline.tenant(tenant_id).await?;
-    let plugin = state.pipeline.plugin(&row.id).await?;
+    let plugin = state.pipeline.plugin_of(&row).await?;
     let events = state
         .pipeline
         .store

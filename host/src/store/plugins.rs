@@ -38,6 +38,16 @@ pub struct PluginDigest {
     pub info: String,
 }
 
+impl From<&PluginRow> for PluginDigest {
+    fn from(row: &PluginRow) -> Self {
+        Self {
+            sha256: row.sha256.clone(),
+            size: row.size,
+            info: row.info.clone(),
+        }
+    }
+}
+
 /// An installed plugin with its merchant config.
 #[derive(Debug, Clone, FromRow)]
 pub struct InstallRow {
