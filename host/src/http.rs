@@ -21,6 +21,7 @@ use serde::Serialize;
 use serde_json::json;
 
 pub use auth::{Caller, Scope, hash_key, new_key};
+pub use plugins::ConfigSchemas;
 
 use crate::ingest::IngestError;
 use crate::pipeline::{Pipeline, PipelineError};
@@ -39,6 +40,8 @@ pub struct AppState {
     /// The service's public base URL (`--public-url`), which providers
     /// call back and sign.
     pub public_url: Option<String>,
+    /// Plugins' config schemas, compiled once.
+    pub config_schemas: Arc<ConfigSchemas>,
 }
 
 impl std::fmt::Debug for AppState {

@@ -190,6 +190,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
             .as_deref()
             .map(|k| Sha256::digest(k.as_bytes()).into()),
         public_url: config.delivery.public_url.clone(),
+        config_schemas: Default::default(),
     };
     let mut tasks = Vec::new();
     if config.role != Role::Api {

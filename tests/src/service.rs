@@ -141,6 +141,7 @@ impl TestService {
             pipeline,
             operator_key_hash: Some(Sha256::digest(OPERATOR_KEY.as_bytes()).into()),
             public_url: Some(PUBLIC_URL.to_owned()),
+            config_schemas: Default::default(),
         };
         Self {
             router: http::router(state.clone()),

@@ -1,6 +1,9 @@
 //! `POST /v1/plugins` (upload), `GET /v1/plugins`, and per plugin:
 //! `install`, `dry-run` and `replay`.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Request, State};
 use axum::http::{StatusCode, header};
@@ -164,17 +167,51 @@ struct InstallBody {
     config: Option<Value>,
 }
 
+/// Plugins' config schemas, compiled once per process and kept by plugin
+/// id (a stored plugin never changes). Compiling a schema builds the
+/// regexes of its `pattern`s, which cost more than the rest of a dry run.
+#[derive(Default)]
+pub struct ConfigSchemas {
+    compiled: Mutex<HashMap<String, Arc<jsonschema::Validator>>>,
+}
+
+impl ConfigSchemas {
+    /// Most schemas kept; past it the cache starts over, so an operator
+    /// with many thousands of plugins pays a compile now and then rather
+    /// than memory without bound.
+    const MAX_KEPT: usize = 4096;
+
+    /// The compiled config schema of `row`'s plugin.
+    fn validator(&self, row: &PluginRow) -> Result<Arc<jsonschema::Validator>, ApiError> {
+        if let Some(validator) = self.lock().get(&row.id) {
+            return Ok(validator.clone());
+        }
+        let info: PluginInfo = serde_json::from_str(&row.info).map_err(ApiError::internal)?;
+        let schema: Value =
+            serde_json::from_str(&info.config_schema).map_err(ApiError::internal)?;
+        let validator = Arc::new(jsonschema::validator_for(&schema).map_err(|e| {
+            ApiError::invalid(
+                "config",
+                format!("the plugin's config schema is unusable: {e}"),
+            )
+        })?);
+        let mut compiled = self.lock();
+        if compiled.len() >= Self::MAX_KEPT {
+            compiled.clear();
+        }
+        compiled.insert(row.id.clone(), validator.clone());
+        Ok(validator)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<jsonschema::Validator>>> {
+        self.compiled.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// Check `config` against the plugin's JSON Schema; the first violation is
 /// named by its path under `config`.
-fn validate_config(row: &PluginRow, config: &Value) -> Result<(), ApiError> {
-    let info: PluginInfo = serde_json::from_str(&row.info).map_err(ApiError::internal)?;
-    let schema: Value = serde_json::from_str(&info.config_schema).map_err(ApiError::internal)?;
-    let validator = jsonschema::validator_for(&schema).map_err(|e| {
-        ApiError::invalid(
-            "config",
-            format!("the plugin's config schema is unusable: {e}"),
-        )
-    })?;
+fn validate_config(state: &AppState, row: &PluginRow, config: &Value) -> Result<(), ApiError> {
+    let validator = state.config_schemas.validator(row)?;
     if let Some(err) = validator.iter_errors(config).next() {
         let pointer = err.instance_path().to_string();
         let field = if pointer.is_empty() {
@@ -201,7 +238,7 @@ async fn install(
         parse_body(&body)?
     };
     let config = body.config.unwrap_or_else(|| json!({}));
-    validate_config(&row, &config)?;
+    validate_config(&state, &row, &config)?;
     let install = state
         .pipeline
         .store
@@ -220,19 +257,35 @@ async fn install(
 }
 
 /// The config a tenant installed for a plugin of this name, if any.
-async fn installed_config(
+/// The config a dry run or replay of `row` decides with: the one `given`,
+/// else the tenant's install of a plugin by that name, else `{}`; checked
+/// against `row`'s schema unless it is the install of this very plugin,
+/// which was checked when it was installed.
+async fn config_for(
     state: &AppState,
     tenant_id: &str,
-    name: &str,
-) -> Result<Option<Value>, ApiError> {
-    Ok(state
-        .pipeline
-        .store
-        .installs(tenant_id)
-        .await?
-        .into_iter()
-        .find(|i| i.plugin_name == name)
-        .and_then(|i| serde_json::from_str(&i.config).ok()))
+    row: &PluginRow,
+    given: Option<Value>,
+) -> Result<Value, ApiError> {
+    let config = match given {
+        Some(config) => config,
+        None => {
+            let installs = state.pipeline.store.installs(tenant_id).await?;
+            match installs.into_iter().find(|i| i.plugin_name == row.name) {
+                Some(install) => {
+                    let config =
+                        serde_json::from_str(&install.config).unwrap_or_else(|_| json!({}));
+                    if install.plugin_id == row.id {
+                        return Ok(config);
+                    }
+                    config
+                }
+                None => json!({}),
+            }
+        }
+    };
+    validate_config(state, row, &config)?;
+    Ok(config)
 }
 
 fn decision_json(result: &Result<Decision, DecideError>) -> Value {
@@ -275,13 +328,7 @@ async fn dry_run(
         }
         other => ApiError::from(other),
     })?;
-    let config = match body.config {
-        Some(config) => config,
-        None => installed_config(&state, tenant_id, &row.name)
-            .await?
-            .unwrap_or_else(|| json!({})),
-    };
-    validate_config(&row, &config)?;
+    let config = config_for(&state, tenant_id, &row, body.config).await?;
     let (_, settings) = state.pipeline.tenant(tenant_id).await?;
     let plugin = state.pipeline.plugin_of(&row).await?;
     let now = body.now.unwrap_or_else(Timestamp::now);
@@ -340,13 +387,7 @@ async fn replay(
     let tenant_id = caller.merchant_tenant()?;
     let row = visible(&state, tenant_id, &id).await?;
     let body: ReplayBody = parse_body(&body)?;
-    let config = match body.config {
-        Some(config) => config,
-        None => installed_config(&state, tenant_id, &row.name)
-            .await?
-            .unwrap_or_else(|| json!({})),
-    };
-    validate_config(&row, &config)?;
+    let config = config_for(&state, tenant_id, &row, body.config).await?;
     let (_, settings) = state.pipeline.tenant(tenant_id).await?;
     let plugin = state.pipeline.plugin_of(&row).await?;
     let events = state

@@ -729,6 +729,22 @@ async fn dry_run_sends_nothing_and_replay_shows_what_would_change(db: Db) {
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(body["error"]["field"], "config.vip_threshold_minor");
+
+    // So does a dry run given a config, with the schema compiled before
+    // (each process compiles a plugin's schema once).
+    let (status, body) = service
+        .call(
+            Method::POST,
+            &format!("/v1/plugins/{plugin}/dry-run"),
+            Some(&key),
+            Some(json!({
+                "event": event(EventKind::OrderCreated, "ord_x"),
+                "config": { "vip_threshold_minor": "high" }
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["field"], "config.vip_threshold_minor");
 }
 
 async fn two_plugins_asking_for_the_same_notice_send_it_once(db: Db) {
