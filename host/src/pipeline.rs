@@ -89,6 +89,14 @@ impl std::fmt::Debug for Pipeline {
     }
 }
 
+/// Stored plugin `id` cannot be used, for `why`.
+fn unavailable(id: &str, why: impl std::fmt::Display) -> PipelineError {
+    PipelineError::PluginUnavailable {
+        id: id.to_owned(),
+        message: why.to_string(),
+    }
+}
+
 /// The merged outcome of all plugins on one event.
 struct Merged {
     actions: Vec<(String, Action)>,
@@ -144,12 +152,11 @@ impl Pipeline {
         if let Some(plugin) = self.loaded(id) {
             return Ok(plugin);
         }
-        let digest = self.store.plugin_digest(id).await?.ok_or_else(|| {
-            PipelineError::PluginUnavailable {
-                id: id.to_owned(),
-                message: "not stored".into(),
-            }
-        })?;
+        let digest = self
+            .store
+            .plugin_digest(id)
+            .await?
+            .ok_or_else(|| unavailable(id, "not stored"))?;
         self.load_stored(id, digest).await
     }
 
@@ -187,12 +194,11 @@ impl Pipeline {
         let plugin = match compiled {
             Some(plugin) => plugin,
             None => {
-                let bytes = self.store.plugin_component(id).await?.ok_or_else(|| {
-                    PipelineError::PluginUnavailable {
-                        id: id.to_owned(),
-                        message: "not stored".into(),
-                    }
-                })?;
+                let bytes = self
+                    .store
+                    .plugin_component(id)
+                    .await?
+                    .ok_or_else(|| unavailable(id, "not stored"))?;
                 self.load_blocking(id, move |r| r.load(&bytes)).await?
             }
         };
@@ -213,10 +219,6 @@ impl Pipeline {
         id: &str,
         load: impl FnOnce(&Runtime) -> Result<T, LoadError> + Send + 'static,
     ) -> Result<T, PipelineError> {
-        let unavailable = |message: String| PipelineError::PluginUnavailable {
-            id: id.to_owned(),
-            message,
-        };
         let runtime = self.runtime.clone();
         let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
             == tokio::runtime::RuntimeFlavor::MultiThread;
@@ -224,13 +226,13 @@ impl Pipeline {
             tokio::task::block_in_place(|| {
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| load(&runtime)))
             })
-            .map_err(|_| unavailable("loading panicked".into()))?
+            .map_err(|_| unavailable(id, "loading panicked"))?
         } else {
             tokio::task::spawn_blocking(move || load(&runtime))
                 .await
-                .map_err(|e| unavailable(e.to_string()))?
+                .map_err(|e| unavailable(id, e))?
         };
-        loaded.map_err(|e| unavailable(e.to_string()))
+        loaded.map_err(|e| unavailable(id, e))
     }
 
     /// Remember an already loaded plugin under its stored id.
