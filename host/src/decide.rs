@@ -13,6 +13,7 @@
 //! epoch interruption), the linker, the compiled-component cache and the
 //! admission semaphores. Each decision gets its own `Store`.
 
+mod arena;
 pub mod cache;
 mod fault;
 pub mod limits;
@@ -35,7 +36,7 @@ use wasmtime::component::{
 use wasmtime::{Engine, Store, Trap};
 
 use crate::bindings::{CONTRACT_VERSION, PLUGIN_INTERFACE, RulePre, convert::Conv, types as wit};
-use cache::ArtifactCache;
+use cache::{ArtifactCache, Compiled};
 pub use fault::{DecideError, Fault, LoadError, RuntimeError};
 pub use limits::{EngineLimits, InvalidLimit, Limits};
 use limits::{EpochTicker, MemoryLimitExceeded};
@@ -80,6 +81,9 @@ struct PluginInner {
     pre: RulePre<SandboxState>,
     /// The `decide` export, found and type-checked once, at load.
     decide: ComponentExportIndex,
+    /// It declares the SDK's bump allocator: `decide`'s strings go into one
+    /// allocation ([`arena`]).
+    bump_alloc: bool,
 }
 
 /// The contract's `decide`: `func(event, context) -> result<list<action>, rule-error>`,
@@ -165,6 +169,13 @@ impl Plugin {
     /// contract, and each of its fresh instances is cheaper to link.
     pub fn imports(&self) -> &[String] {
         &self.inner.imports
+    }
+
+    /// Whether the component declares the SDK's bump allocator, so that the
+    /// strings of `decide`'s arguments are copied into one allocation in the
+    /// guest instead of one each (the SDK's default; see `tidings_sdk::alloc`).
+    pub fn bump_alloc(&self) -> bool {
+        self.inner.bump_alloc
     }
 }
 
@@ -321,8 +332,8 @@ impl Runtime {
             _ => return Err(LoadError::Malformed),
         }
         let sha256 = hex::encode(Sha256::digest(bytes));
-        let component = self.cache.get_or_compile(&sha256, bytes)?;
-        self.link(component, sha256, bytes.len(), None)
+        let compiled = self.cache.get_or_compile(&sha256, bytes)?;
+        self.link(compiled, sha256, bytes.len(), None)
     }
 
     /// Load a stored plugin from the compiled-component cache (memory or
@@ -342,8 +353,8 @@ impl Runtime {
             return Err(LoadError::TooLarge { size, limit });
         }
         match self.cache.get(sha256) {
-            Some(component) => self
-                .link(component, sha256.to_owned(), size, described)
+            Some(compiled) => self
+                .link(compiled, sha256.to_owned(), size, described)
                 .map(Some),
             None => Ok(None),
         }
@@ -353,7 +364,10 @@ impl Runtime {
     /// (unless it was `described` before).
     fn link(
         &self,
-        component: Component,
+        Compiled {
+            component,
+            bump_alloc,
+        }: Compiled,
         sha256: String,
         size: usize,
         described: Option<PluginInfo>,
@@ -396,6 +410,7 @@ impl Runtime {
                 imports,
                 pre,
                 decide,
+                bump_alloc,
             }),
         })
     }
@@ -489,7 +504,11 @@ impl Runtime {
         limits: &Limits,
     ) -> Result<Decision, DecideError> {
         let mut run = self.sandbox(limits, ctx.now.as_millisecond(), &event.id);
-        let args = (lower::OrderEvent::new(event), lower::Context::new(ctx));
+        let arena = arena::Arena::new(plugin.inner.bump_alloc);
+        let args = (
+            lower::OrderEvent::new(event, &arena),
+            lower::Context::new(ctx, &arena),
+        );
 
         let called = (|| {
             let instance = plugin

@@ -1,6 +1,11 @@
 //! Compiled components, cached by (sha256 of the component, engine
 //! compatibility hash): in memory always, and on disk when a directory is
 //! configured. Only artifacts this host wrote are ever deserialized.
+//!
+//! With each component goes what the host read from its bytes before
+//! compiling and cannot read from the compiled artifact: whether it declares
+//! the SDK's bump allocator ([`super::arena`]). On disk that is in the file's
+//! name.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -11,13 +16,22 @@ use wasmtime::Engine;
 use wasmtime::component::Component;
 
 use super::LoadError;
+use super::arena;
+
+/// A compiled component and what its bytes declared.
+#[derive(Clone)]
+pub struct Compiled {
+    pub component: Component,
+    /// The plugin allocates with the SDK's bump allocator.
+    pub bump_alloc: bool,
+}
 
 /// The compiled-component cache.
 pub struct ArtifactCache {
     engine: Engine,
     engine_hash: String,
     dir: Option<PathBuf>,
-    memory: Mutex<HashMap<String, Component>>,
+    memory: Mutex<HashMap<String, Compiled>>,
 }
 
 impl ArtifactCache {
@@ -44,57 +58,70 @@ impl ArtifactCache {
 
     /// The compiled component for `bytes` (whose hex sha256 is `sha256`):
     /// from memory, from disk, or compiled now and stored in both.
-    pub fn get_or_compile(&self, sha256: &str, bytes: &[u8]) -> Result<Component, LoadError> {
-        if let Some(component) = self.lock().get(sha256) {
-            return Ok(component.clone());
+    pub fn get_or_compile(&self, sha256: &str, bytes: &[u8]) -> Result<Compiled, LoadError> {
+        if let Some(compiled) = self.lock().get(sha256) {
+            return Ok(compiled.clone());
         }
-        let component = match self.read_disk(sha256) {
-            Some(component) => component,
+        let compiled = match self.read_disk(sha256) {
+            Some(compiled) => compiled,
             None => {
                 let artifact = self
                     .engine
                     .precompile_component(bytes)
                     .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
-                self.write_disk(sha256, &artifact);
-                self.deserialize(&artifact)
-                    .map_err(|e| LoadError::Invalid(format!("{e:#}")))?
+                let bump_alloc = arena::declares_bump_alloc(bytes);
+                self.write_disk(sha256, bump_alloc, &artifact);
+                let component = self
+                    .deserialize(&artifact)
+                    .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+                Compiled {
+                    component,
+                    bump_alloc,
+                }
             }
         };
-        self.lock().insert(sha256.to_owned(), component.clone());
-        Ok(component)
+        self.lock().insert(sha256.to_owned(), compiled.clone());
+        Ok(compiled)
     }
 
     /// The compiled component whose source has hex sha256 `sha256`, if it
     /// is in memory or on disk; never compiles.
-    pub fn get(&self, sha256: &str) -> Option<Component> {
-        if let Some(component) = self.lock().get(sha256) {
-            return Some(component.clone());
+    pub fn get(&self, sha256: &str) -> Option<Compiled> {
+        if let Some(compiled) = self.lock().get(sha256) {
+            return Some(compiled.clone());
         }
-        let component = self.read_disk(sha256)?;
-        self.lock().insert(sha256.to_owned(), component.clone());
-        Some(component)
+        let compiled = self.read_disk(sha256)?;
+        self.lock().insert(sha256.to_owned(), compiled.clone());
+        Some(compiled)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Component>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Compiled>> {
         self.memory.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn path(&self, sha256: &str) -> Option<PathBuf> {
+    /// Where the artifact of `sha256` is kept: `<sha256>-<engine>.cwasm`,
+    /// or `<sha256>-<engine>.bump.cwasm` for a plugin that declares the
+    /// bump allocator.
+    fn path(&self, sha256: &str, bump_alloc: bool) -> Option<PathBuf> {
         let dir = self.dir.as_ref()?;
-        Some(dir.join(format!("{sha256}-{}.cwasm", self.engine_hash)))
+        let kind = if bump_alloc { ".bump" } else { "" };
+        Some(dir.join(format!("{sha256}-{}{kind}.cwasm", self.engine_hash)))
     }
 
     #[allow(unsafe_code)]
-    fn read_disk(&self, sha256: &str) -> Option<Component> {
-        let path = self.path(sha256)?;
-        if !path.exists() {
-            return None;
-        }
+    fn read_disk(&self, sha256: &str) -> Option<Compiled> {
+        let (path, bump_alloc) = [true, false]
+            .into_iter()
+            .filter_map(|bump_alloc| Some((self.path(sha256, bump_alloc)?, bump_alloc)))
+            .find(|(path, _)| path.exists())?;
         // SAFETY: as in `deserialize`; the file is mapped rather than read,
         // and this host only ever replaces an artifact by renaming a new
         // file over it, so a mapped file is never modified.
         match unsafe { Component::deserialize_file(&self.engine, &path) } {
-            Ok(component) => Some(component),
+            Ok(component) => Some(Compiled {
+                component,
+                bump_alloc,
+            }),
             Err(err) => {
                 tracing::warn!(%sha256, error = %err, "ignoring unusable cached artifact");
                 None
@@ -102,8 +129,8 @@ impl ArtifactCache {
         }
     }
 
-    fn write_disk(&self, sha256: &str, artifact: &[u8]) {
-        let Some(path) = self.path(sha256) else {
+    fn write_disk(&self, sha256: &str, bump_alloc: bool, artifact: &[u8]) {
+        let Some(path) = self.path(sha256, bump_alloc) else {
             return;
         };
         // Write then rename, so a crash never leaves a torn artifact behind.

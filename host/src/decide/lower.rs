@@ -15,6 +15,7 @@
 use tidings_sdk::types as st;
 use wasmtime::component::{ComponentType, Lower};
 
+use super::arena::{Arena, Str};
 use crate::bindings::{convert::Conv, types as wit};
 
 /// `order-event`, without the customer's contact details: a plugin learns
@@ -22,26 +23,29 @@ use crate::bindings::{convert::Conv, types as wit};
 #[derive(ComponentType, Lower)]
 #[component(record)]
 pub struct OrderEvent<'a> {
-    id: &'a str,
+    id: Str<'a>,
     kind: wit::EventKind,
     #[component(name = "occurred-at")]
     occurred_at: i64,
     order: Order<'a>,
     shipment: Option<Shipment<'a>>,
-    source: &'a str,
+    source: Str<'a>,
     attributes: Vec<Attribute<'a>>,
 }
 
 impl<'a> OrderEvent<'a> {
-    pub fn new(event: &'a st::OrderEvent) -> Self {
+    pub fn new(event: &'a st::OrderEvent, arena: &'a Arena) -> Self {
         Self {
-            id: &event.id,
+            id: arena.str(&event.id),
             kind: event.kind.conv(),
             occurred_at: event.occurred_at.as_millisecond(),
-            order: Order::new(&event.order),
-            shipment: event.shipment.as_ref().map(Shipment::new),
-            source: &event.source,
-            attributes: Attribute::list(&event.attributes),
+            order: Order::new(&event.order, arena),
+            shipment: event
+                .shipment
+                .as_ref()
+                .map(|shipment| Shipment::new(shipment, arena)),
+            source: arena.str(&event.source),
+            attributes: Attribute::list(&event.attributes, arena),
         }
     }
 }
@@ -49,30 +53,38 @@ impl<'a> OrderEvent<'a> {
 #[derive(ComponentType, Lower)]
 #[component(record)]
 pub struct Order<'a> {
-    id: &'a str,
-    number: &'a str,
+    id: Str<'a>,
+    number: Str<'a>,
     #[component(name = "created-at")]
     created_at: i64,
     total: Money<'a>,
     items: Vec<LineItem<'a>>,
     shipments: Vec<Shipment<'a>>,
     customer: Customer<'a>,
-    tags: &'a [String],
+    tags: Vec<Str<'a>>,
     attributes: Vec<Attribute<'a>>,
 }
 
 impl<'a> Order<'a> {
-    fn new(order: &'a st::Order) -> Self {
+    fn new(order: &'a st::Order, arena: &'a Arena) -> Self {
         Self {
-            id: &order.id,
-            number: &order.number,
+            id: arena.str(&order.id),
+            number: arena.str(&order.number),
             created_at: order.created_at.as_millisecond(),
-            total: Money::new(&order.total),
-            items: order.items.iter().map(LineItem::new).collect(),
-            shipments: order.shipments.iter().map(Shipment::new).collect(),
-            customer: Customer::new(&order.customer),
-            tags: &order.tags,
-            attributes: Attribute::list(&order.attributes),
+            total: Money::new(&order.total, arena),
+            items: order
+                .items
+                .iter()
+                .map(|item| LineItem::new(item, arena))
+                .collect(),
+            shipments: order
+                .shipments
+                .iter()
+                .map(|shipment| Shipment::new(shipment, arena))
+                .collect(),
+            customer: Customer::new(&order.customer, arena),
+            tags: order.tags.iter().map(|tag| arena.str(tag)).collect(),
+            attributes: Attribute::list(&order.attributes, arena),
         }
     }
 }
@@ -81,14 +93,14 @@ impl<'a> Order<'a> {
 #[component(record)]
 pub struct Money<'a> {
     minor: i64,
-    currency: &'a str,
+    currency: Str<'a>,
 }
 
 impl<'a> Money<'a> {
-    fn new(money: &'a st::Money) -> Self {
+    fn new(money: &'a st::Money, arena: &'a Arena) -> Self {
         Self {
             minor: money.minor,
-            currency: &money.currency,
+            currency: arena.str(&money.currency),
         }
     }
 }
@@ -96,8 +108,8 @@ impl<'a> Money<'a> {
 #[derive(ComponentType, Lower)]
 #[component(record)]
 pub struct LineItem<'a> {
-    sku: &'a str,
-    title: &'a str,
+    sku: Str<'a>,
+    title: Str<'a>,
     quantity: u32,
     #[component(name = "unit-price")]
     unit_price: Money<'a>,
@@ -105,12 +117,12 @@ pub struct LineItem<'a> {
 }
 
 impl<'a> LineItem<'a> {
-    fn new(item: &'a st::LineItem) -> Self {
+    fn new(item: &'a st::LineItem, arena: &'a Arena) -> Self {
         Self {
-            sku: &item.sku,
-            title: &item.title,
+            sku: arena.str(&item.sku),
+            title: arena.str(&item.title),
             quantity: item.quantity,
-            unit_price: Money::new(&item.unit_price),
+            unit_price: Money::new(&item.unit_price, arena),
             status: item.status.conv(),
         }
     }
@@ -119,31 +131,31 @@ impl<'a> LineItem<'a> {
 #[derive(ComponentType, Lower)]
 #[component(record)]
 pub struct Shipment<'a> {
-    id: &'a str,
-    carrier: Option<&'a str>,
+    id: Str<'a>,
+    carrier: Option<Str<'a>>,
     #[component(name = "tracking-number")]
-    tracking_number: Option<&'a str>,
+    tracking_number: Option<Str<'a>>,
     #[component(name = "tracking-url")]
-    tracking_url: Option<&'a str>,
+    tracking_url: Option<Str<'a>>,
     eta: Option<i64>,
     status: wit::ShipmentStatus,
     items: Vec<ShipmentItem<'a>>,
 }
 
 impl<'a> Shipment<'a> {
-    fn new(shipment: &'a st::Shipment) -> Self {
+    fn new(shipment: &'a st::Shipment, arena: &'a Arena) -> Self {
         Self {
-            id: &shipment.id,
-            carrier: shipment.carrier.as_deref(),
-            tracking_number: shipment.tracking_number.as_deref(),
-            tracking_url: shipment.tracking_url.as_deref(),
+            id: arena.str(&shipment.id),
+            carrier: shipment.carrier.as_deref().map(|c| arena.str(c)),
+            tracking_number: shipment.tracking_number.as_deref().map(|n| arena.str(n)),
+            tracking_url: shipment.tracking_url.as_deref().map(|u| arena.str(u)),
             eta: shipment.eta.map(|eta| eta.as_millisecond()),
             status: shipment.status.conv(),
             items: shipment
                 .items
                 .iter()
                 .map(|item| ShipmentItem {
-                    sku: &item.sku,
+                    sku: arena.str(&item.sku),
                     quantity: item.quantity,
                 })
                 .collect(),
@@ -154,23 +166,23 @@ impl<'a> Shipment<'a> {
 #[derive(ComponentType, Lower)]
 #[component(record)]
 pub struct ShipmentItem<'a> {
-    sku: &'a str,
+    sku: Str<'a>,
     quantity: u32,
 }
 
 #[derive(ComponentType, Lower)]
 #[component(record)]
 pub struct Customer<'a> {
-    id: &'a str,
+    id: Str<'a>,
     #[component(name = "first-name")]
-    first_name: Option<&'a str>,
-    locale: &'a str,
-    timezone: &'a str,
+    first_name: Option<Str<'a>>,
+    locale: Str<'a>,
+    timezone: Str<'a>,
     #[component(name = "has-email")]
     has_email: bool,
     #[component(name = "has-phone")]
     has_phone: bool,
-    tags: &'a [String],
+    tags: Vec<Str<'a>>,
     #[component(name = "orders-count")]
     orders_count: u32,
     consents: Vec<wit::Channel>,
@@ -179,16 +191,16 @@ pub struct Customer<'a> {
 }
 
 impl<'a> Customer<'a> {
-    fn new(customer: &'a st::Customer) -> Self {
+    fn new(customer: &'a st::Customer, arena: &'a Arena) -> Self {
         let given = |address: &Option<String>| address.as_deref().is_some_and(|a| !a.is_empty());
         Self {
-            id: &customer.id,
-            first_name: customer.first_name.as_deref(),
-            locale: &customer.locale,
-            timezone: &customer.timezone,
+            id: arena.str(&customer.id),
+            first_name: customer.first_name.as_deref().map(|n| arena.str(n)),
+            locale: arena.str(&customer.locale),
+            timezone: arena.str(&customer.timezone),
             has_email: customer.has_email || given(&customer.email),
             has_phone: customer.has_phone || given(&customer.phone),
-            tags: &customer.tags,
+            tags: customer.tags.iter().map(|tag| arena.str(tag)).collect(),
             orders_count: customer.orders_count,
             consents: customer.consents.iter().map(|c| c.conv()).collect(),
             channel_opt_outs: customer.channel_opt_outs.iter().map(|c| c.conv()).collect(),
@@ -199,15 +211,21 @@ impl<'a> Customer<'a> {
 #[derive(ComponentType, Lower)]
 #[component(record)]
 pub struct Attribute<'a> {
-    key: &'a str,
-    value: &'a str,
+    key: Str<'a>,
+    value: Str<'a>,
 }
 
 impl<'a> Attribute<'a> {
-    fn list(attributes: &'a std::collections::BTreeMap<String, String>) -> Vec<Self> {
+    fn list(
+        attributes: &'a std::collections::BTreeMap<String, String>,
+        arena: &'a Arena,
+    ) -> Vec<Self> {
         attributes
             .iter()
-            .map(|(key, value)| Self { key, value })
+            .map(|(key, value)| Self {
+                key: arena.str(key),
+                value: arena.str(value),
+            })
             .collect()
     }
 }
@@ -217,7 +235,7 @@ impl<'a> Attribute<'a> {
 #[derive(ComponentType, Lower)]
 #[component(record)]
 pub struct Context<'a> {
-    tenant: &'a str,
+    tenant: Str<'a>,
     now: i64,
     config: String,
     history: Vec<SentNotification<'a>>,
@@ -226,16 +244,16 @@ pub struct Context<'a> {
 }
 
 impl<'a> Context<'a> {
-    pub fn new(ctx: &'a st::Context) -> Self {
+    pub fn new(ctx: &'a st::Context, arena: &'a Arena) -> Self {
         Self {
-            tenant: &ctx.tenant,
+            tenant: arena.str(&ctx.tenant),
             now: ctx.now.as_millisecond(),
             config: ctx.config.to_string(),
             history: ctx
                 .history
                 .iter()
                 .map(|sent| SentNotification {
-                    template: &sent.template,
+                    template: arena.str(&sent.template),
                     channel: sent.channel.conv(),
                     at: sent.at.as_millisecond(),
                 })
@@ -244,7 +262,7 @@ impl<'a> Context<'a> {
                 .open_escalations
                 .iter()
                 .map(|open| OpenEscalation {
-                    queue: &open.queue,
+                    queue: arena.str(&open.queue),
                     priority: open.priority.conv(),
                     opened_at: open.opened_at.as_millisecond(),
                 })
@@ -256,7 +274,7 @@ impl<'a> Context<'a> {
 #[derive(ComponentType, Lower)]
 #[component(record)]
 pub struct SentNotification<'a> {
-    template: &'a str,
+    template: Str<'a>,
     channel: wit::Channel,
     at: i64,
 }
@@ -264,7 +282,7 @@ pub struct SentNotification<'a> {
 #[derive(ComponentType, Lower)]
 #[component(record)]
 pub struct OpenEscalation<'a> {
-    queue: &'a str,
+    queue: Str<'a>,
     priority: wit::Priority,
     #[component(name = "opened-at")]
     opened_at: i64,
@@ -293,8 +311,9 @@ mod tests {
 
     #[test]
     fn a_plugin_learns_that_an_address_exists_not_the_address() {
+        let arena = Arena::new(true);
         let given = customer(Some("giulia@example.com"), Some(""));
-        let lowered = Customer::new(&given);
+        let lowered = Customer::new(&given, &arena);
         assert!(lowered.has_email, "a non-empty email means has-email");
         assert!(!lowered.has_phone, "an empty phone is no phone");
         assert_eq!(lowered.tags, ["vip"]);
@@ -303,7 +322,7 @@ mod tests {
             has_phone: true,
             ..customer(None, None)
         };
-        let lowered = Customer::new(&flagged);
+        let lowered = Customer::new(&flagged, &arena);
         assert!(!lowered.has_email);
         assert!(
             lowered.has_phone,

@@ -495,3 +495,80 @@ async fn a_tenant_stuck_in_loops_does_not_hold_up_another_tenant() {
         last_noisy.duration_since(quiet_done)
     );
 }
+
+/// The host copies every string of `decide`'s arguments into one allocation
+/// in the guest when the plugin declares the SDK's bump allocator (a custom
+/// section), and into one allocation each otherwise. Either way the plugin
+/// receives the event exactly, multi-byte and empty strings included. The
+/// declaration is kept with the compiled artifact, so a restarted host that
+/// loads the plugin from its cache still knows it.
+#[test]
+fn the_event_reaches_the_plugin_whole_in_one_allocation_or_one_per_string() {
+    let cache = std::env::temp_dir().join(format!("tidings-arena-{}", std::process::id()));
+    let host = TestHost::new().cache_dir(cache.clone()).build();
+    let declared_bytes = std::fs::read(guests::HOSTILE).expect("the hostile guest is built");
+    // The same component with the section renamed (same length): no longer
+    // a declaration, so its strings are lowered the canonical way.
+    let marker = b"tidings:bump-alloc";
+    let at = declared_bytes
+        .windows(marker.len())
+        .position(|w| w == marker)
+        .expect("the SDK's bump allocator declares itself");
+    let mut undeclared_bytes = declared_bytes.clone();
+    undeclared_bytes[at..at + marker.len()].copy_from_slice(b"tidings:bump-xxxxx");
+
+    let declared = host.runtime.load(&declared_bytes).expect("loads");
+    let undeclared = host.runtime.load(&undeclared_bytes).expect("loads");
+    assert!(declared.bump_alloc());
+    assert!(!undeclared.bump_alloc());
+
+    let mut unusual = event(EventKind::ShipmentCreated);
+    unusual.order.customer.first_name = Some("Zoë 🦀".into());
+    unusual.order.tags.push(String::new());
+    unusual.order.tags.push("città".into());
+    unusual
+        .attributes
+        .insert("note".into(), "Ünïcödé ✓ ".repeat(50));
+    let events = EventKind::ALL
+        .iter()
+        .map(|&kind| event(kind))
+        .chain([unusual]);
+    for sent in events {
+        // What a plugin may see: whether an address exists, not the address.
+        let mut seen = sent.clone();
+        let customer = &mut seen.order.customer;
+        customer.has_email |= customer.email.take().is_some_and(|a| !a.is_empty());
+        customer.has_phone |= customer.phone.take().is_some_and(|a| !a.is_empty());
+        for plugin in [&declared, &undeclared] {
+            let decision = host
+                .decide(plugin, &sent, json!({ "attack": "echo" }))
+                .expect("echo returns normally");
+            let actions = decision.outcome.expect("echo returns actions");
+            let echoed = &actions[0].message().expect("a notify").data["event"];
+            let received: tidings_sdk::types::OrderEvent =
+                serde_json::from_str(echoed).expect("the echo is an event");
+            assert_eq!(
+                received,
+                seen,
+                "{} (bump allocator declared: {})",
+                sent.kind,
+                plugin.bump_alloc()
+            );
+        }
+    }
+
+    let restarted = TestHost::new().cache_dir(cache.clone()).build();
+    for plugin in [&declared, &undeclared] {
+        let again = restarted
+            .runtime
+            .load_compiled(
+                &plugin.id().sha256,
+                plugin.size(),
+                Some(plugin.info().clone()),
+            )
+            .expect("loads")
+            .expect("compiled on disk");
+        assert_eq!(again.bump_alloc(), plugin.bump_alloc());
+    }
+    let _ = std::fs::remove_dir_all(cache);
+}

@@ -1,7 +1,7 @@
 //! An adversarial plugin for the host's tests: one component, many attacks.
 //!
 //! The merchant config picks the attack, `{"attack": "<name>"}`; the event is
-//! ignored. A config without a string `attack` is a `rule-error` with code
+//! ignored except by `echo`. A config without a string `attack` is a `rule-error` with code
 //! `invalid-config`; an attack not listed here is a `rule-error` with code
 //! `unknown-attack`.
 //!
@@ -69,6 +69,8 @@
 //! Normal answers:
 //!
 //! - `none`: one `order-confirmation` email.
+//! - `echo`: one `order-confirmation` email whose `event` variable is the
+//!   event as the plugin received it, as JSON: what the host passed in.
 //! - `rule-error`: the plugin's own error, code `invalid-config`.
 
 use std::collections::hash_map::RandomState;
@@ -82,7 +84,7 @@ use tidings_sdk::prelude::*;
 struct Hostile;
 
 impl Rule for Hostile {
-    fn decide(_event: &OrderEvent, ctx: &Context) -> Result<Vec<Action>, RuleError> {
+    fn decide(event: &OrderEvent, ctx: &Context) -> Result<Vec<Action>, RuleError> {
         let attack = ctx
             .config
             .get("attack")
@@ -90,6 +92,11 @@ impl Rule for Hostile {
             .ok_or_else(|| RuleError::new("invalid-config", "config needs `attack`, a string"))?;
         Ok(match attack {
             "none" => vec![confirmation()],
+            "echo" => {
+                let json = serde_json::to_string(event)
+                    .map_err(|e| RuleError::new("echo", e.to_string()))?;
+                vec![confirmation().with("event", json)]
+            }
             "infinite-loop" => infinite_loop(),
             "busy-fuel" => {
                 let iterations = ctx
