@@ -81,8 +81,8 @@ struct PluginInner {
     pre: RulePre<SandboxState>,
     /// The `decide` export, found and type-checked once, at load.
     decide: ComponentExportIndex,
-    /// It declares the SDK's bump allocator: `decide`'s strings go into one
-    /// allocation ([`arena`]).
+    /// It declares the SDK's bump allocator: `decide`'s strings and lists go
+    /// into one allocation ([`arena`]).
     bump_alloc: bool,
 }
 
@@ -172,8 +172,9 @@ impl Plugin {
     }
 
     /// Whether the component declares the SDK's bump allocator, so that the
-    /// strings of `decide`'s arguments are copied into one allocation in the
-    /// guest instead of one each (the SDK's default; see `tidings_sdk::alloc`).
+    /// strings and lists of `decide`'s arguments are copied into one
+    /// allocation in the guest instead of one each (the SDK's default; see
+    /// `tidings_sdk::alloc`).
     pub fn bump_alloc(&self) -> bool {
         self.inner.bump_alloc
     }
@@ -505,9 +506,10 @@ impl Runtime {
     ) -> Result<Decision, DecideError> {
         let mut run = self.sandbox(limits, ctx.now.as_millisecond(), &event.id);
         let arena = arena::Arena::new(plugin.inner.bump_alloc);
+        let config = ctx.config.to_string();
         let args = (
             lower::OrderEvent::new(event, &arena),
-            lower::Context::new(ctx, &arena),
+            lower::Context::new(ctx, &config, &arena),
         );
 
         let called = (|| {

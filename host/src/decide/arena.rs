@@ -1,20 +1,21 @@
-//! One allocation in the guest for all the strings of `decide`'s arguments.
+//! One allocation in the guest for all the strings and lists of `decide`'s
+//! arguments.
 //!
-//! The canonical ABI copies each string into the guest through its own call
-//! of the guest's `cabi_realloc`: some 45 calls from the host into Wasm per
-//! decision on the sample events, each paying wasmtime's entry into guest
-//! code and its trap handling, ~9 % of a decision. For a plugin that
+//! The canonical ABI copies each string and list into the guest through its
+//! own call of the guest's `cabi_realloc`: some 60 calls from the host into
+//! Wasm per decision on the sample events, each paying wasmtime's entry into
+//! guest code and its trap handling, ~10 % of a decision. For a plugin that
 //! allocates with the SDK's bump allocator (`tidings_sdk::alloc`), the host
-//! instead asks once for room for all of them and copies them in one after
-//! the other; the lists around them are still allocated one call each.
+//! instead asks once for room for all of them and places them one after the
+//! other, each aligned as its type needs.
 //!
 //! Sharing one allocation is safe with that allocator because it never
-//! reuses memory below its top: freeing or growing a string moves the free
-//! pointer only for a block that ends exactly at it, which a string inside
+//! reuses memory below its top: freeing or growing a value moves the free
+//! pointer only for a block that ends exactly at it, which a value inside
 //! the shared allocation does only when it is the last one. Any other
-//! allocator may free each string on its own and hand its memory out again,
+//! allocator may free each value on its own and hand its memory out again,
 //! so a plugin that does not declare the bump allocator (a custom section the
-//! SDK puts into the component) gets the canonical one call per string.
+//! SDK puts into the component) gets the canonical one call per value.
 //!
 //! The counters are atomics only because wasmtime's lowering traits require
 //! `Sync`; one decision lowers its arguments on one thread.
@@ -25,7 +26,7 @@ use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 
 use wasmtime::component::__internal::{
-    CanonicalAbiInfo, InstanceType, InterfaceType, LowerContext,
+    CanonicalAbiInfo, InstanceType, InterfaceType, LowerContext, bad_type_info,
     wasmtime_environ::component::StringEncoding,
 };
 use wasmtime::component::{ComponentType, Lower};
@@ -49,12 +50,12 @@ pub fn declares_bump_alloc(component: &[u8]) -> bool {
         })
 }
 
-/// Room in the guest for the strings of one call's arguments.
+/// Room in the guest for the strings and lists of one call's arguments.
 #[derive(Debug, Default)]
 pub struct Arena {
-    /// Whether the plugin allows one allocation for all strings.
+    /// Whether the plugin allows one allocation for all of them.
     shared: bool,
-    /// Bytes of all the strings, counted as the arguments are built.
+    /// Bytes of all of them, counted as the arguments are built.
     total: AtomicUsize,
     allocated: AtomicBool,
     /// The next free byte and the end of the allocation, in guest memory.
@@ -64,7 +65,7 @@ pub struct Arena {
 
 impl Arena {
     /// An arena that shares one allocation if `shared`, and otherwise lets
-    /// every string be lowered the canonical way.
+    /// every string and list be lowered the canonical way.
     pub fn new(shared: bool) -> Self {
         Self {
             shared,
@@ -78,35 +79,57 @@ impl Arena {
         Str { text, arena: self }
     }
 
-    /// Copy `text` into the shared allocation; `None` when it must be lowered
-    /// the canonical way.
-    fn place<T>(
+    /// A list of the arguments, counted into the allocation with room to
+    /// align it.
+    pub fn list<'a, T: ComponentType>(&'a self, items: impl IntoIterator<Item = T>) -> List<'a, T> {
+        let items: Vec<T> = items.into_iter().collect();
+        let room = items.len() * T::SIZE32 + (T::ALIGN32 as usize - 1);
+        self.total.fetch_add(room, Relaxed);
+        List { items, arena: self }
+    }
+
+    /// `size` bytes aligned to `align` in the shared allocation, made on
+    /// first use; `None` when the plugin does not allow sharing.
+    fn reserve<T>(
         &self,
         cx: &mut LowerContext<'_, T>,
-        text: &str,
+        size: usize,
+        align: u32,
     ) -> wasmtime::Result<Option<usize>> {
-        if !self.shared || !matches!(cx.options().string_encoding, StringEncoding::Utf8) {
+        if !self.shared {
             return Ok(None);
         }
         if !self.allocated.load(Relaxed) {
             let total = self.total.load(Relaxed);
-            let base = cx.realloc(0, 0, 1, total)?;
+            let base = cx.realloc(0, 0, MAX_ALIGN, total)?;
             self.next.store(base, Relaxed);
             self.end.store(base + total, Relaxed);
             self.allocated.store(true, Relaxed);
         }
-        let at = self.next.load(Relaxed);
-        let until = at + text.len();
+        let at = self.next.load(Relaxed).next_multiple_of(align as usize);
+        let until = at + size;
         if until > self.end.load(Relaxed) {
-            wasmtime::bail!("a string of the arguments was not counted into their allocation");
+            wasmtime::bail!("a value of the arguments was not counted into their allocation");
         }
-        cx.as_slice_mut()
-            .get_mut(at..until)
-            .ok_or_else(|| wasmtime::format_err!("the arguments' allocation is beyond memory"))?
-            .copy_from_slice(text.as_bytes());
         self.next.store(until, Relaxed);
         Ok(Some(at))
     }
+}
+
+/// The largest alignment of a value in the canonical ABI (`u64`, `f64`).
+const MAX_ALIGN: u32 = 8;
+
+/// Store a pointer and a length at `offset`, as the canonical ABI stores a
+/// string or a list.
+fn store_pointer_pair<T>(
+    cx: &mut LowerContext<'_, T>,
+    offset: usize,
+    at: usize,
+    len: usize,
+) -> wasmtime::Result<()> {
+    *cx.get::<4>(offset) = u32::try_from(at)?.to_le_bytes();
+    *cx.get::<4>(offset + 4) = u32::try_from(len)?.to_le_bytes();
+    Ok(())
 }
 
 /// A `string` of `decide`'s arguments, placed by its [`Arena`].
@@ -154,13 +177,82 @@ unsafe impl Lower for Str<'_> {
         ty: InterfaceType,
         offset: usize,
     ) -> wasmtime::Result<()> {
-        let Some(at) = self.arena.place(cx, self.text)? else {
+        let utf8 = matches!(cx.options().string_encoding, StringEncoding::Utf8);
+        let reserved = if utf8 {
+            self.arena.reserve(cx, self.text.len(), 1)?
+        } else {
+            None
+        };
+        let Some(at) = reserved else {
             return self.text.linear_lower_to_memory(cx, ty, offset);
         };
-        let pointer = u32::try_from(at)?;
-        let length = u32::try_from(self.text.len())?;
-        *cx.get::<4>(offset) = pointer.to_le_bytes();
-        *cx.get::<4>(offset + 4) = length.to_le_bytes();
-        Ok(())
+        cx.as_slice_mut()
+            .get_mut(at..at + self.text.len())
+            .ok_or_else(|| wasmtime::format_err!("the arguments' allocation is beyond memory"))?
+            .copy_from_slice(self.text.as_bytes());
+        store_pointer_pair(cx, offset, at, self.text.len())
+    }
+}
+
+/// A `list` of `decide`'s arguments, placed by its [`Arena`].
+#[derive(Debug)]
+pub struct List<'a, T> {
+    items: Vec<T>,
+    arena: &'a Arena,
+}
+
+impl<T> std::ops::Deref for List<'_, T> {
+    type Target = [T];
+
+    fn deref(&self) -> &[T] {
+        &self.items
+    }
+}
+
+// SAFETY: `List<T>` has the canonical ABI of `[T]` (a pointer and a length)
+// and checks its type exactly as `[T]` does.
+unsafe impl<T: ComponentType> ComponentType for List<'_, T> {
+    type Lower = <[T] as ComponentType>::Lower;
+    const ABI: CanonicalAbiInfo = <[T] as ComponentType>::ABI;
+
+    fn typecheck(ty: &InterfaceType, types: &InstanceType<'_>) -> wasmtime::Result<()> {
+        <[T] as ComponentType>::typecheck(ty, types)
+    }
+}
+
+// SAFETY: a list is stored as `[T]` stores it: its elements one after the
+// other, each by `T`'s own lowering, in room aligned for `T` inside the
+// allocation (which wasmtime bounds-checks against memory when it is made,
+// and `reserve` against the allocation), then its pointer and length at
+// `offset`.
+unsafe impl<T: Lower> Lower for List<'_, T> {
+    fn linear_lower_to_flat<U>(
+        &self,
+        cx: &mut LowerContext<'_, U>,
+        ty: InterfaceType,
+        dst: &mut MaybeUninit<Self::Lower>,
+    ) -> wasmtime::Result<()> {
+        // As for `Str`: not how `decide` passes its lists.
+        self.items.as_slice().linear_lower_to_flat(cx, ty, dst)
+    }
+
+    fn linear_lower_to_memory<U>(
+        &self,
+        cx: &mut LowerContext<'_, U>,
+        ty: InterfaceType,
+        offset: usize,
+    ) -> wasmtime::Result<()> {
+        let InterfaceType::List(list) = ty else {
+            bad_type_info()
+        };
+        let element = cx.types[list].element;
+        let Some(at) = self
+            .arena
+            .reserve(cx, self.items.len() * T::SIZE32, T::ALIGN32)?
+        else {
+            return self.items.as_slice().linear_lower_to_memory(cx, ty, offset);
+        };
+        T::linear_store_list_to_memory(cx, element, at, &self.items)?;
+        store_pointer_pair(cx, offset, at, self.items.len())
     }
 }

@@ -15,7 +15,7 @@
 use tidings_sdk::types as st;
 use wasmtime::component::{ComponentType, Lower};
 
-use super::arena::{Arena, Str};
+use super::arena::{Arena, List, Str};
 use crate::bindings::{convert::Conv, types as wit};
 
 /// `order-event`, without the customer's contact details: a plugin learns
@@ -30,7 +30,7 @@ pub struct OrderEvent<'a> {
     order: Order<'a>,
     shipment: Option<Shipment<'a>>,
     source: Str<'a>,
-    attributes: Vec<Attribute<'a>>,
+    attributes: List<'a, Attribute<'a>>,
 }
 
 impl<'a> OrderEvent<'a> {
@@ -58,11 +58,11 @@ pub struct Order<'a> {
     #[component(name = "created-at")]
     created_at: i64,
     total: Money<'a>,
-    items: Vec<LineItem<'a>>,
-    shipments: Vec<Shipment<'a>>,
+    items: List<'a, LineItem<'a>>,
+    shipments: List<'a, Shipment<'a>>,
     customer: Customer<'a>,
-    tags: Vec<Str<'a>>,
-    attributes: Vec<Attribute<'a>>,
+    tags: List<'a, Str<'a>>,
+    attributes: List<'a, Attribute<'a>>,
 }
 
 impl<'a> Order<'a> {
@@ -72,18 +72,15 @@ impl<'a> Order<'a> {
             number: arena.str(&order.number),
             created_at: order.created_at.as_millisecond(),
             total: Money::new(&order.total, arena),
-            items: order
-                .items
-                .iter()
-                .map(|item| LineItem::new(item, arena))
-                .collect(),
-            shipments: order
-                .shipments
-                .iter()
-                .map(|shipment| Shipment::new(shipment, arena))
-                .collect(),
+            items: arena.list(order.items.iter().map(|item| LineItem::new(item, arena))),
+            shipments: arena.list(
+                order
+                    .shipments
+                    .iter()
+                    .map(|shipment| Shipment::new(shipment, arena)),
+            ),
             customer: Customer::new(&order.customer, arena),
-            tags: order.tags.iter().map(|tag| arena.str(tag)).collect(),
+            tags: arena.list(order.tags.iter().map(|tag| arena.str(tag))),
             attributes: Attribute::list(&order.attributes, arena),
         }
     }
@@ -139,7 +136,7 @@ pub struct Shipment<'a> {
     tracking_url: Option<Str<'a>>,
     eta: Option<i64>,
     status: wit::ShipmentStatus,
-    items: Vec<ShipmentItem<'a>>,
+    items: List<'a, ShipmentItem<'a>>,
 }
 
 impl<'a> Shipment<'a> {
@@ -151,14 +148,10 @@ impl<'a> Shipment<'a> {
             tracking_url: shipment.tracking_url.as_deref().map(|u| arena.str(u)),
             eta: shipment.eta.map(|eta| eta.as_millisecond()),
             status: shipment.status.conv(),
-            items: shipment
-                .items
-                .iter()
-                .map(|item| ShipmentItem {
-                    sku: arena.str(&item.sku),
-                    quantity: item.quantity,
-                })
-                .collect(),
+            items: arena.list(shipment.items.iter().map(|item| ShipmentItem {
+                sku: arena.str(&item.sku),
+                quantity: item.quantity,
+            })),
         }
     }
 }
@@ -182,12 +175,12 @@ pub struct Customer<'a> {
     has_email: bool,
     #[component(name = "has-phone")]
     has_phone: bool,
-    tags: Vec<Str<'a>>,
+    tags: List<'a, Str<'a>>,
     #[component(name = "orders-count")]
     orders_count: u32,
-    consents: Vec<wit::Channel>,
+    consents: List<'a, wit::Channel>,
     #[component(name = "channel-opt-outs")]
-    channel_opt_outs: Vec<wit::Channel>,
+    channel_opt_outs: List<'a, wit::Channel>,
 }
 
 impl<'a> Customer<'a> {
@@ -200,10 +193,10 @@ impl<'a> Customer<'a> {
             timezone: arena.str(&customer.timezone),
             has_email: customer.has_email || given(&customer.email),
             has_phone: customer.has_phone || given(&customer.phone),
-            tags: customer.tags.iter().map(|tag| arena.str(tag)).collect(),
+            tags: arena.list(customer.tags.iter().map(|tag| arena.str(tag))),
             orders_count: customer.orders_count,
-            consents: customer.consents.iter().map(|c| c.conv()).collect(),
-            channel_opt_outs: customer.channel_opt_outs.iter().map(|c| c.conv()).collect(),
+            consents: arena.list(customer.consents.iter().map(|c| c.conv())),
+            channel_opt_outs: arena.list(customer.channel_opt_outs.iter().map(|c| c.conv())),
         }
     }
 }
@@ -219,54 +212,43 @@ impl<'a> Attribute<'a> {
     fn list(
         attributes: &'a std::collections::BTreeMap<String, String>,
         arena: &'a Arena,
-    ) -> Vec<Self> {
-        attributes
-            .iter()
-            .map(|(key, value)| Self {
-                key: arena.str(key),
-                value: arena.str(value),
-            })
-            .collect()
+    ) -> List<'a, Self> {
+        arena.list(attributes.iter().map(|(key, value)| Self {
+            key: arena.str(key),
+            value: arena.str(value),
+        }))
     }
 }
 
-/// `context`. The config is the one value built here: the SDK holds it as
-/// JSON, the contract passes it as JSON text.
+/// `context`. The config is the one value the caller builds: the SDK holds
+/// it as JSON, the contract passes it as JSON text.
 #[derive(ComponentType, Lower)]
 #[component(record)]
 pub struct Context<'a> {
     tenant: Str<'a>,
     now: i64,
-    config: String,
-    history: Vec<SentNotification<'a>>,
+    config: Str<'a>,
+    history: List<'a, SentNotification<'a>>,
     #[component(name = "open-escalations")]
-    open_escalations: Vec<OpenEscalation<'a>>,
+    open_escalations: List<'a, OpenEscalation<'a>>,
 }
 
 impl<'a> Context<'a> {
-    pub fn new(ctx: &'a st::Context, arena: &'a Arena) -> Self {
+    pub fn new(ctx: &'a st::Context, config: &'a str, arena: &'a Arena) -> Self {
         Self {
             tenant: arena.str(&ctx.tenant),
             now: ctx.now.as_millisecond(),
-            config: ctx.config.to_string(),
-            history: ctx
-                .history
-                .iter()
-                .map(|sent| SentNotification {
-                    template: arena.str(&sent.template),
-                    channel: sent.channel.conv(),
-                    at: sent.at.as_millisecond(),
-                })
-                .collect(),
-            open_escalations: ctx
-                .open_escalations
-                .iter()
-                .map(|open| OpenEscalation {
-                    queue: arena.str(&open.queue),
-                    priority: open.priority.conv(),
-                    opened_at: open.opened_at.as_millisecond(),
-                })
-                .collect(),
+            config: arena.str(config),
+            history: arena.list(ctx.history.iter().map(|sent| SentNotification {
+                template: arena.str(&sent.template),
+                channel: sent.channel.conv(),
+                at: sent.at.as_millisecond(),
+            })),
+            open_escalations: arena.list(ctx.open_escalations.iter().map(|open| OpenEscalation {
+                queue: arena.str(&open.queue),
+                priority: open.priority.conv(),
+                opened_at: open.opened_at.as_millisecond(),
+            })),
         }
     }
 }
@@ -316,7 +298,7 @@ mod tests {
         let lowered = Customer::new(&given, &arena);
         assert!(lowered.has_email, "a non-empty email means has-email");
         assert!(!lowered.has_phone, "an empty phone is no phone");
-        assert_eq!(lowered.tags, ["vip"]);
+        assert_eq!(*lowered.tags, ["vip"]);
 
         let flagged = st::Customer {
             has_phone: true,

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tidings_host::decide::{DecideError, Decision, Fault, LoadError, Plugin, Source};
 use tidings_sdk::action::Action;
-use tidings_sdk::types::EventKind;
+use tidings_sdk::types::{
+    Channel, Context, EventKind, OpenEscalation, OrderEvent, Priority, SentNotification,
+};
 use tidings_tests::{Host, TestHost, event, guests};
 
 fn host() -> &'static (Host, Plugin) {
@@ -496,10 +498,11 @@ async fn a_tenant_stuck_in_loops_does_not_hold_up_another_tenant() {
     );
 }
 
-/// The host copies every string of `decide`'s arguments into one allocation
-/// in the guest when the plugin declares the SDK's bump allocator (a custom
-/// section), and into one allocation each otherwise. Either way the plugin
-/// receives the event exactly, multi-byte and empty strings included. The
+/// The host copies every string and list of `decide`'s arguments into one
+/// allocation in the guest when the plugin declares the SDK's bump allocator
+/// (a custom section), and into one allocation each otherwise. Either way
+/// the plugin receives the event exactly: multi-byte and empty strings, and
+/// lists empty or not, of every element type, each aligned as it needs. The
 /// declaration is kept with the compiled artifact, so a restarted host that
 /// loads the plugin from its cache still knows it.
 #[test]
@@ -529,6 +532,25 @@ fn the_event_reaches_the_plugin_whole_in_one_allocation_or_one_per_string() {
     unusual
         .attributes
         .insert("note".into(), "Ünïcödé ✓ ".repeat(50));
+    let mut ctx = Context::new("shop-é", unusual.occurred_at);
+    ctx.config = json!({ "attack": "echo", "greeting": "ciao 👋", "n": [1, 2.5, null] });
+    ctx.history = vec![
+        SentNotification {
+            template: "order-confirmation".into(),
+            channel: Channel::Email,
+            at: unusual.order.created_at,
+        },
+        SentNotification {
+            template: String::new(),
+            channel: Channel::Sms,
+            at: unusual.occurred_at,
+        },
+    ];
+    ctx.open_escalations = vec![OpenEscalation {
+        queue: "vip-care".into(),
+        priority: Priority::High,
+        opened_at: unusual.occurred_at,
+    }];
     let events = EventKind::ALL
         .iter()
         .map(|&kind| event(kind))
@@ -540,20 +562,18 @@ fn the_event_reaches_the_plugin_whole_in_one_allocation_or_one_per_string() {
         customer.has_email |= customer.email.take().is_some_and(|a| !a.is_empty());
         customer.has_phone |= customer.phone.take().is_some_and(|a| !a.is_empty());
         for plugin in [&declared, &undeclared] {
+            let limits = host.runtime.default_limits();
             let decision = host
-                .decide(plugin, &sent, json!({ "attack": "echo" }))
+                .runtime
+                .evaluate(plugin, &sent, &ctx, limits)
                 .expect("echo returns normally");
             let actions = decision.outcome.expect("echo returns actions");
-            let echoed = &actions[0].message().expect("a notify").data["event"];
-            let received: tidings_sdk::types::OrderEvent =
-                serde_json::from_str(echoed).expect("the echo is an event");
-            assert_eq!(
-                received,
-                seen,
-                "{} (bump allocator declared: {})",
-                sent.kind,
-                plugin.bump_alloc()
-            );
+            let echoed = &actions[0].message().expect("a notify").data;
+            let why = format!("{} (bump allocator: {})", sent.kind, plugin.bump_alloc());
+            let received: OrderEvent = serde_json::from_str(&echoed["event"]).expect("an event");
+            assert_eq!(received, seen, "{why}");
+            let received: Context = serde_json::from_str(&echoed["context"]).expect("a context");
+            assert_eq!(received, ctx, "{why}");
         }
     }
 

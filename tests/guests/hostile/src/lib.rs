@@ -69,8 +69,9 @@
 //! Normal answers:
 //!
 //! - `none`: one `order-confirmation` email.
-//! - `echo`: one `order-confirmation` email whose `event` variable is the
-//!   event as the plugin received it, as JSON: what the host passed in.
+//! - `echo`: one `order-confirmation` email whose `event` and `context`
+//!   variables are the event and context as the plugin received them, as
+//!   JSON: what the host passed in.
 //! - `rule-error`: the plugin's own error, code `invalid-config`.
 
 use std::collections::hash_map::RandomState;
@@ -93,9 +94,12 @@ impl Rule for Hostile {
         Ok(match attack {
             "none" => vec![confirmation()],
             "echo" => {
-                let json = serde_json::to_string(event)
-                    .map_err(|e| RuleError::new("echo", e.to_string()))?;
-                vec![confirmation().with("event", json)]
+                let echo = |e: serde_json::Error| RuleError::new("echo", e.to_string());
+                vec![
+                    confirmation()
+                        .with("event", serde_json::to_string(event).map_err(echo)?)
+                        .with("context", serde_json::to_string(ctx).map_err(echo)?),
+                ]
             }
             "infinite-loop" => infinite_loop(),
             "busy-fuel" => {
