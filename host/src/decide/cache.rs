@@ -99,13 +99,15 @@ impl ArtifactCache {
         self.memory.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Where the artifact of `sha256` is kept: `<sha256>-<engine>.cwasm`,
-    /// or `<sha256>-<engine>.bump.cwasm` for a plugin that declares the
-    /// bump allocator.
+    /// Where the artifact of `sha256` is kept: `<sha256>-<engine>.bump.cwasm`
+    /// for a plugin that declares the bump allocator, `.plain.cwasm` for
+    /// any other. An artifact of a host from before the declaration
+    /// (`<sha256>-<engine>.cwasm`) is not read: compiled again from the
+    /// plugin's bytes, its declaration is known.
     fn path(&self, sha256: &str, bump_alloc: bool) -> Option<PathBuf> {
         let dir = self.dir.as_ref()?;
-        let kind = if bump_alloc { ".bump" } else { "" };
-        Some(dir.join(format!("{sha256}-{}{kind}.cwasm", self.engine_hash)))
+        let kind = if bump_alloc { "bump" } else { "plain" };
+        Some(dir.join(format!("{sha256}-{}.{kind}.cwasm", self.engine_hash)))
     }
 
     #[allow(unsafe_code)]

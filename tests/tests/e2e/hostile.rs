@@ -590,5 +590,39 @@ fn the_event_reaches_the_plugin_whole_in_one_allocation_or_one_per_string() {
             .expect("compiled on disk");
         assert_eq!(again.bump_alloc(), plugin.bump_alloc());
     }
+
+    // A cache written before the declaration existed cannot say whether a
+    // plugin declares it: its artifacts are not read, and the plugin is
+    // compiled again from its bytes.
+    for entry in std::fs::read_dir(&cache).expect("the cache directory") {
+        let path = entry.expect("an entry").path();
+        let name = path.to_string_lossy().into_owned();
+        std::fs::rename(
+            &path,
+            name.replace(".bump.cwasm", ".cwasm")
+                .replace(".plain.cwasm", ".cwasm"),
+        )
+        .expect("renamed");
+    }
+    let upgraded = TestHost::new().cache_dir(cache.clone()).build();
+    let stale = upgraded
+        .runtime
+        .load_compiled(
+            &declared.id().sha256,
+            declared.size(),
+            Some(declared.info().clone()),
+        )
+        .expect("a cache miss is no error");
+    assert!(
+        stale.is_none(),
+        "an artifact without the declaration in its name is not read"
+    );
+    assert!(
+        upgraded
+            .runtime
+            .load(&declared_bytes)
+            .expect("loads")
+            .bump_alloc()
+    );
     let _ = std::fs::remove_dir_all(cache);
 }
