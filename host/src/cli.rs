@@ -402,6 +402,7 @@ fn check(args: CheckArgs) -> Result<ExitCode, RunnerError> {
         "size_bytes": plugin.size(),
         "size_limit_bytes": limit,
         "imports": plugin.imports(),
+        "bump_alloc": plugin.bump_alloc(),
         "describe": {
             "name": plugin.info().name,
             "version": plugin.info().version,

@@ -166,6 +166,10 @@ fn check_prints_describe_and_rejects_a_core_module() {
                 .all(|i| i.as_str().is_some_and(|i| i.starts_with("tidings:notify/"))),
         "a plugin built with the SDK imports only the contract: {imports:?}"
     );
+    assert_eq!(
+        report["bump_alloc"], true,
+        "a plugin built with the SDK declares its bump allocator"
+    );
 
     let core = scratch("core.wasm", "\0asm\u{1}\0\0\0");
     let out = tidings(&["plugin", "check", &core.display().to_string()]);
