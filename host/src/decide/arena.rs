@@ -4,7 +4,8 @@
 //! The canonical ABI copies each string and list into the guest through its
 //! own call of the guest's `cabi_realloc`: some 60 calls from the host into
 //! Wasm per decision on the sample events, each paying wasmtime's entry into
-//! guest code and its trap handling, ~10 % of a decision. For a plugin that
+//! guest code and its trap handling: ~15 % of a decision, by what removing
+//! them saved (BENCHMARKS.md). For a plugin that
 //! allocates with the SDK's bump allocator (`tidings_sdk::alloc`), the host
 //! instead asks once for room for all of them and places them one after the
 //! other, each aligned as its type needs.
