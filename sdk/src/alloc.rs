@@ -327,8 +327,8 @@ mod tests {
 /// Tells the host that this plugin allocates with [`Bump`], which never
 /// hands out again memory below its top, so the host may copy all the
 /// strings and lists of `decide`'s arguments into one allocation: one call
-/// into the plugin for the lot instead of one for each. The custom section is kept
-/// by the linker and by the component tooling (`wasm-component-ld`).
+/// into the plugin for the lot instead of one for each. The custom section
+/// is kept by the linker and by the component tooling (`wasm-component-ld`).
 #[cfg(all(target_arch = "wasm32", target_os = "wasi"))]
 #[unsafe(link_section = "tidings:bump-alloc")]
 #[used]

@@ -5,10 +5,10 @@
 //! own call of the guest's `cabi_realloc`: some 60 calls from the host into
 //! Wasm per decision on the sample events, each paying wasmtime's entry into
 //! guest code and its trap handling: ~15 % of a decision, by what removing
-//! them saved (BENCHMARKS.md). For a plugin that
-//! allocates with the SDK's bump allocator (`tidings_sdk::alloc`), the host
-//! instead asks once for room for all of them and places them one after the
-//! other, each aligned as its type needs.
+//! them saved (BENCHMARKS.md). For a plugin that allocates with the SDK's
+//! bump allocator (`tidings_sdk::alloc`), the host instead asks once for room
+//! for all of them and places them one after the other, each aligned as its
+//! type needs.
 //!
 //! Sharing one allocation is safe with that allocator because it never
 //! reuses memory below its top: freeing or growing a value moves the free
@@ -140,6 +140,7 @@ pub struct Str<'a> {
     arena: &'a Arena,
 }
 
+#[cfg(test)]
 impl PartialEq<&str> for Str<'_> {
     fn eq(&self, other: &&str) -> bool {
         self.text == *other

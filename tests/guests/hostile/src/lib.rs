@@ -1,9 +1,9 @@
 //! An adversarial plugin for the host's tests: one component, many attacks.
 //!
 //! The merchant config picks the attack, `{"attack": "<name>"}`; the event is
-//! ignored except by `echo`. A config without a string `attack` is a `rule-error` with code
-//! `invalid-config`; an attack not listed here is a `rule-error` with code
-//! `unknown-attack`.
+//! ignored except by `echo`. A config without a string `attack` is a
+//! `rule-error` with code `invalid-config`; an attack not listed here is a
+//! `rule-error` with code `unknown-attack`.
 //!
 //! Faults — the plugin never returns normally:
 //!
