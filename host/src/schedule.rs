@@ -68,31 +68,24 @@ pub async fn run_event_worker(pipeline: Pipeline, wake: Arc<Wakeups>) {
     }
 }
 
-/// Lease and process one batch of events; returns how many. Events of the
-/// same order are processed in order; different orders run concurrently.
+/// Lease and process one batch of events; returns how many. A batch holds
+/// at most one event of an order, its oldest still waiting (see
+/// [`crate::store::Store::lease_events`]): an order's events are processed
+/// one after the other, in the order received, even by several workers;
+/// different orders run concurrently.
 pub async fn process_some_events(
     pipeline: &Pipeline,
     wake: &Wakeups,
 ) -> Result<usize, PipelineError> {
     let rows = pipeline.store.lease_events(64, pipeline.lease_ms()).await?;
     let count = rows.len();
-    let mut by_order: Vec<(String, Vec<_>)> = Vec::new();
-    for row in rows {
-        let key = format!("{}/{}", row.tenant_id, row.order_id);
-        match by_order.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, group)) => group.push(row),
-            None => by_order.push((key, vec![row])),
-        }
-    }
     let mut tasks = tokio::task::JoinSet::new();
-    for (_, group) in by_order {
+    for row in rows {
         let pipeline = pipeline.clone();
         tasks.spawn(async move {
-            for row in group {
-                if let Err(err) = pipeline.process_event(&row).await {
-                    tracing::error!(event = %row.id, error = %err, "event processing failed");
-                    let _ = pipeline.store.finish_event(&row.id, "failed").await;
-                }
+            if let Err(err) = pipeline.process_event(&row).await {
+                tracing::error!(event = %row.id, error = %err, "event processing failed");
+                let _ = pipeline.store.finish_event(&row.id, "failed").await;
             }
         });
     }

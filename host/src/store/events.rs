@@ -67,7 +67,11 @@ impl Store {
     }
 
     /// Lease up to `limit` events waiting to be processed (or whose lease
-    /// expired) for `lease_ms`, oldest first.
+    /// expired) for `lease_ms`, oldest first: of each order only its oldest
+    /// event still waiting, so that an order's events are processed one
+    /// after the other in the order they were received, whichever worker,
+    /// process or machine leases them. The next one can be leased once
+    /// that one is finished.
     pub async fn lease_events(
         &self,
         limit: i64,
@@ -77,8 +81,13 @@ impl Store {
         let now = now_ms();
         let query = format!(
             "UPDATE events SET lease_until = $1
-             WHERE id IN (SELECT id FROM events
+             WHERE id IN (SELECT id FROM events AS e
                           WHERE status = 'received' AND (lease_until IS NULL OR lease_until < $2)
+                            AND NOT EXISTS (SELECT 1 FROM events AS earlier
+                                            WHERE earlier.tenant_id = e.tenant_id
+                                              AND earlier.order_id = e.order_id
+                                              AND earlier.status = 'received'
+                                              AND (earlier.received_at, earlier.id) < (e.received_at, e.id))
                           ORDER BY received_at LIMIT $3 {})
              RETURNING {EVENT_COLUMNS}",
             self.skip_locked()

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use axum::http::Method;
+use axum::http::{Method, StatusCode};
 use serde_json::json;
 use tidings_sdk::testing::fixture;
 use tidings_sdk::types::EventKind;
@@ -216,5 +216,86 @@ async fn a_worker_killed_mid_burst_loses_no_message() {
         "{BURST} messages, {} received, {duplicates} duplicates (same Message-ID), {held} held by the killed worker",
         received.len()
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Three worker processes lease from one burst in which every order has
+/// four events, posted interleaved so that any batch of the oldest events
+/// holds several orders' next events too. Each event is decided by a
+/// plugin that echoes the context it was given: the `k`-th event of an
+/// order must have seen the `k` messages its order's earlier events
+/// created, so no two events of an order were processed at once or out of
+/// order, whichever worker took them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orders_events_are_decided_in_order_across_workers() {
+    const ORDERS: usize = 40;
+    const PER_ORDER: usize = 4;
+    let smtp = SmtpServer::start("accept");
+    let service = TestService::new(Db::Postgres).await;
+    let (_, key) = service.tenant("Ordered shop", json!({})).await;
+    service
+        .install(&key, guests::HOSTILE, json!({ "attack": "echo" }))
+        .await;
+    service.default_templates(&key).await;
+    for k in 0..PER_ORDER {
+        for n in 0..ORDERS {
+            let mut e = fixture(EventKind::OrderCreated);
+            e.id = format!("evt_ordered_{n}_{k}");
+            e.order.id = format!("ord_ordered_{n}");
+            let (status, body) = service.post_event(&key, &e).await;
+            assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        }
+    }
+
+    let dir = std::env::temp_dir().join(format!("tidings-ordered-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let _workers =
+        ["a", "b", "c"].map(|name| Worker::start(&service.database_url, &smtp.url(), &dir, name));
+
+    let pool = sqlx::postgres::PgPool::connect(&service.database_url)
+        .await
+        .expect("connect");
+    let started = Instant::now();
+    let decided: Vec<(String, String, String)> = loop {
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT e.order_id, e.external_id, d.detail FROM events e JOIN decisions d ON d.event_id = e.id
+             ORDER BY e.order_id, e.received_at, e.id",
+        )
+        .fetch_all(&pool)
+        .await
+        .expect("decisions");
+        if rows.len() == ORDERS * PER_ORDER {
+            break rows;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "only {} of {} events decided; logs in {}",
+            rows.len(),
+            ORDERS * PER_ORDER,
+            dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    for (order, group) in decided.chunk_by(|a, b| a.0 == b.0).enumerate() {
+        assert_eq!(group.len(), PER_ORDER, "order {order}: {group:?}");
+        for (k, (order_id, event_id, detail)) in group.iter().enumerate() {
+            assert_eq!(
+                event_id,
+                &format!("evt_ordered_{}_{k}", &order_id["ord_ordered_".len()..])
+            );
+            let detail: serde_json::Value = serde_json::from_str(detail).expect("detail is JSON");
+            let context = detail["actions"][0]["data"]["context"]
+                .as_str()
+                .unwrap_or_else(|| panic!("the echo's context in {detail}"));
+            let context: serde_json::Value =
+                serde_json::from_str(context).expect("context is JSON");
+            let seen = context["history"].as_array().expect("history").len();
+            assert_eq!(
+                seen, k,
+                "{event_id} saw {seen} earlier messages of {order_id}, not {k}: it was decided before or beside an earlier event of its order"
+            );
+        }
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
