@@ -103,7 +103,8 @@ impl ArtifactCache {
     /// for a plugin that declares the bump allocator, `.plain.cwasm` for
     /// any other. An artifact of a host from before the declaration
     /// (`<sha256>-<engine>.cwasm`) is not read: compiled again from the
-    /// plugin's bytes, its declaration is known.
+    /// plugin's bytes, its declaration is known, and the old file is
+    /// removed when the new one is written.
     fn path(&self, sha256: &str, bump_alloc: bool) -> Option<PathBuf> {
         let dir = self.dir.as_ref()?;
         let kind = if bump_alloc { "bump" } else { "plain" };
@@ -140,6 +141,16 @@ impl ArtifactCache {
         if let Err(err) = std::fs::write(&tmp, artifact).and_then(|()| std::fs::rename(&tmp, &path))
         {
             tracing::warn!(%sha256, error = %err, "could not persist compiled plugin");
+            return;
+        }
+        // The same plugin's artifact under the name used before the
+        // declaration, which this host never reads: it only took space.
+        let superseded = path.with_file_name(format!("{sha256}-{}.cwasm", self.engine_hash));
+        match std::fs::remove_file(&superseded) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(%sha256, error = %err, "could not remove a superseded artifact");
+            }
+            _ => {}
         }
     }
 

@@ -624,5 +624,32 @@ fn the_event_reaches_the_plugin_whole_in_one_allocation_or_one_per_string() {
             .expect("loads")
             .bump_alloc()
     );
+    // Compiled again, the plugin's artifact has its new name, and the old
+    // one is gone; the other plugin's, not compiled again, stays.
+    let mut names: Vec<String> = std::fs::read_dir(&cache)
+        .expect("the cache directory")
+        .map(|entry| {
+            entry
+                .expect("an entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    let (declared_sha, undeclared_sha) = (&declared.id().sha256, &undeclared.id().sha256);
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(
+        names
+            .iter()
+            .any(|n| n.starts_with(declared_sha.as_str()) && n.ends_with(".bump.cwasm")),
+        "{names:?}"
+    );
+    assert!(
+        names.iter().any(|n| n.starts_with(undeclared_sha.as_str())
+            && n.ends_with(".cwasm")
+            && !n.ends_with(".plain.cwasm")),
+        "{names:?}"
+    );
     let _ = std::fs::remove_dir_all(cache);
 }
