@@ -108,7 +108,17 @@ impl ArtifactCache {
     fn path(&self, sha256: &str, bump_alloc: bool) -> Option<PathBuf> {
         let dir = self.dir.as_ref()?;
         let kind = if bump_alloc { "bump" } else { "plain" };
-        Some(dir.join(format!("{sha256}-{}.{kind}.cwasm", self.engine_hash)))
+        Some(dir.join(self.file_name(sha256, Some(kind))))
+    }
+
+    /// `<sha256>-<engine>.<kind>.cwasm`, or without a kind the name an
+    /// artifact had before the declaration.
+    fn file_name(&self, sha256: &str, kind: Option<&str>) -> String {
+        let engine = &self.engine_hash;
+        match kind {
+            Some(kind) => format!("{sha256}-{engine}.{kind}.cwasm"),
+            None => format!("{sha256}-{engine}.cwasm"),
+        }
     }
 
     #[allow(unsafe_code)]
@@ -145,7 +155,7 @@ impl ArtifactCache {
         }
         // The same plugin's artifact under the name used before the
         // declaration, which this host never reads: it only took space.
-        let superseded = path.with_file_name(format!("{sha256}-{}.cwasm", self.engine_hash));
+        let superseded = path.with_file_name(self.file_name(sha256, None));
         match std::fs::remove_file(&superseded) {
             Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
                 tracing::warn!(%sha256, error = %err, "could not remove a superseded artifact");
