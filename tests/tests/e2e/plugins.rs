@@ -30,6 +30,14 @@ fn every_bundled_plugin_decides_every_sample_event_within_limits() {
                 plugin.id(),
                 decision.usage.fuel
             );
+            // Linked with a 128 KiB stack (each plugin's `build.rs`): the
+            // instance is 256 KiB, not the 1.1 MiB of Rust's default stack.
+            assert!(
+                decision.usage.peak_memory_bytes <= 256 << 10,
+                "{} on {kind} peaked at {} bytes of memory",
+                plugin.id(),
+                decision.usage.peak_memory_bytes
+            );
         }
     }
 }
