@@ -142,6 +142,21 @@ fn deep_recursion_overflows_the_wasm_stack() {
 }
 
 #[test]
+fn overflowing_the_linear_memory_stack_is_a_trap() {
+    // Rust's wasm targets put the stack below the data: running past it
+    // falls off address zero, which the bundled plugins' smaller stack
+    // (`plugins/build.rs`) relies on.
+    match fault("big-frames") {
+        Fault::Trap { message } => assert!(
+            message.contains("out of bounds memory access"),
+            "expected an out-of-bounds trap, got {message}"
+        ),
+        other => panic!("expected a trap, got {other:?}"),
+    }
+    assert_still_serving();
+}
+
+#[test]
 fn giant_output_is_too_large() {
     match fault("giant-output") {
         Fault::OutputTooLarge {

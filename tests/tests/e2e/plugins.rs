@@ -30,7 +30,7 @@ fn every_bundled_plugin_decides_every_sample_event_within_limits() {
                 plugin.id(),
                 decision.usage.fuel
             );
-            // Linked with a 128 KiB stack (each plugin's `build.rs`): the
+            // Linked with a 128 KiB stack (`plugins/build.rs`): the
             // instance is 256 KiB, not the 1.1 MiB of Rust's default stack.
             assert!(
                 decision.usage.peak_memory_bytes <= 256 << 10,
