@@ -7,13 +7,15 @@
 //! Extism plugin, reused across calls and fresh per call.
 //!
 //! Contenders are interleaved: in each round every contender, in an order
-//! that rotates from round to round, decides every sample event once, each
-//! call timed on its own (after two unrecorded calls that warm the caches the
-//! previous contender evicted). Noise from the shared machine thus lands on all
-//! contenders alike, while each still runs a stream of decisions back to
-//! back, as a service does (alternating call by call would also charge each
-//! contender for the caches the previous one evicted). Before timing, every
-//! contender's actions are checked against the native ones.
+//! that rotates from round to round, decides every sample event twice: once
+//! unrecorded, to warm the caches the previous contender evicted, then once
+//! with each call timed on its own. Noise from the shared machine thus lands
+//! on all contenders alike, while each still runs a stream of decisions back
+//! to back, as a service does (alternating call by call would also charge
+//! each contender for the caches the previous one evicted). Two unrecorded
+//! calls, as before, left every contender's first pass after another's
+//! slower than its next ones (BENCHMARKS.md, 2026-12-07). Before timing,
+//! every contender's actions are checked against the native ones.
 //!
 //! `cargo bench -p tidings-bench --bench decide` (after `make plugins
 //! extism-guest`; `make bench` does both). `TIDINGS_BENCH_ROUNDS` sets the
@@ -92,9 +94,9 @@ fn main() {
         for k in 0..n {
             let c = (k + round) % n;
             let decide = &mut contenders[c].decide;
-            // Unrecorded: the first calls of a turn pay for the caches the
+            // Unrecorded: the first pass of a turn pays for the caches the
             // previous contender evicted, which says nothing about either.
-            for (_, event) in events.iter().take(2) {
+            for (_, event) in &events {
                 let _ = black_box(decide(black_box(event), &ctx));
             }
             for (_, event) in &events {
