@@ -9,7 +9,7 @@
 //! the transport accepted a message but before it was marked sent will send
 //! it again after the lease expires, with the same message id.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -112,6 +112,18 @@ pub const CONCURRENCY: usize = 4 * PER_DESTINATION;
 ///   once delayed the ingest door (BENCHMARKS.md, 2026-12-06).
 pub const PER_DESTINATION: usize = 8;
 
+/// How many of a destination's due messages the message worker leases
+/// beyond its [`PER_DESTINATION`] places, and holds, leased and oldest first,
+/// until a place comes free. A busy destination is then leased from once
+/// for every half of these that start, rather than once for every place
+/// that comes free (a lease is a write, and the messages' events a read):
+/// +30 % end to end, 9 of 9 side-by-side pairs (BENCHMARKS.md, 2026-12-07).
+/// The table's order holds: a destination holding any takes no handed-over
+/// message, and it is leased from again, oldest due first, while it still
+/// holds half. A destination that hangs holds at most these and its places;
+/// the rest of its backlog waits in the table.
+pub const LEASED_AHEAD: usize = 7 * PER_DESTINATION;
+
 /// How many messages the event worker may hand over to the message worker
 /// at once (stored, or being stored, and not yet started); beyond that,
 /// messages due now are stored `scheduled` and leased from the table.
@@ -125,8 +137,8 @@ pub const HANDOFF_ROOM: usize = 2 * CONCURRENCY;
 /// lease expires and any worker takes them, as any leased message.
 ///
 /// A message is handed over only if its destination has room among its
-/// [`PER_DESTINATION`] places, which it takes when reserved: a destination
-/// that hangs keeps its backlog in the table, not in the worker.
+/// [`PER_DESTINATION`] places, which it takes when reserved, and holds no
+/// message leased ahead of them (see [`LEASED_AHEAD`]).
 #[derive(Debug, Default)]
 pub struct Handoff {
     /// The lease owner of this process's message worker; none while no
@@ -189,7 +201,7 @@ impl Handoff {
     /// message the worker leaves to the table.
     pub fn release(&self, tenant: &str, channel: &str) {
         self.used.fetch_sub(1, Ordering::SeqCst);
-        self.busy.remove(tenant, channel);
+        self.busy.remove(tenant, channel, false);
         self.room_made.notify_one();
     }
 
@@ -201,7 +213,7 @@ impl Handoff {
             .unwrap_or_else(|e| e.into_inner())
             .extend(messages.into_iter().map(|(message, until)| Handed {
                 message,
-                event: event.clone(),
+                event: Some(event.clone()),
                 until,
             }));
     }
@@ -221,13 +233,17 @@ impl Handoff {
     /// messages in the worker, as (tenant, channel, room left). Until
     /// [`Handoff::end_lease`] nothing is handed over, so the room stays.
     fn begin_lease(&self) -> Vec<(String, String, i64)> {
-        let busy = self.busy.0.lock().unwrap_or_else(|e| e.into_inner());
+        let busy = self.busy.lock();
         self.leasing.store(true, Ordering::SeqCst);
         busy.iter()
-            .filter(|(_, count)| **count > 0)
-            .map(|((tenant, channel), count)| {
-                let room = PER_DESTINATION.saturating_sub(*count) as i64;
-                (tenant.clone(), channel.clone(), room)
+            .map(|((tenant, channel), places)| {
+                // Leased again once half of what it holds ahead has started.
+                let room = if places.ahead > LEASED_AHEAD / 2 {
+                    0
+                } else {
+                    (PER_DESTINATION + LEASED_AHEAD).saturating_sub(places.taken + places.ahead)
+                };
+                (tenant.clone(), channel.clone(), room as i64)
             })
             .collect()
     }
@@ -243,11 +259,12 @@ impl Handoff {
     }
 }
 
-/// A message handed over: leased until `until` (ms), with its event.
+/// A message handed over or leased ahead: leased until `until` (ms), with
+/// its event if read.
 #[derive(Debug)]
 struct Handed {
     message: MessageRow,
-    event: EventRow,
+    event: Option<EventRow>,
     until: i64,
 }
 
@@ -270,48 +287,56 @@ pub async fn run_message_worker(
     let mut tasks = tokio::task::JoinSet::new();
     // Handed over and leased to this worker, waiting for room.
     let mut waiting: VecDeque<Handed> = VecDeque::new();
+    // Leased from the table ahead of their destinations' places, oldest
+    // first, and the destinations whose room a lease used up: each is
+    // leased from again once half of what it holds has started.
+    let mut ahead: VecDeque<Handed> = VecDeque::new();
+    let mut filled: HashSet<(String, String)> = HashSet::new();
     pipeline.handoff.attach(&owner);
     loop {
         while tasks.try_join_next().is_some() {}
         waiting.extend(pipeline.handoff.take());
-        start_handed_over(
-            &pipeline,
-            &transport,
-            &busy,
-            &room_made,
-            &mut tasks,
-            &mut waiting,
-        );
+        let starting = (&pipeline, &transport, &busy, &room_made);
+        start_waiting(starting, &mut tasks, &mut waiting, Place::Reserved);
+        start_waiting(starting, &mut tasks, &mut ahead, Place::WhenFree);
+        filled.retain(|destination| {
+            let refill = busy.ahead(destination) <= LEASED_AHEAD / 2;
+            if refill {
+                pipeline.handoff.look_in_table();
+            }
+            !refill
+        });
         let free = CONCURRENCY.saturating_sub(tasks.len());
         if free == 0 {
             let _ = tasks.join_next().await;
             continue;
         }
+        // Held messages use up the room to lease ahead.
+        let limit = (free + LEASED_AHEAD).saturating_sub(ahead.len());
         // Woken only by messages handed over: nothing to lease.
-        if !pipeline.handoff.table.swap(false, Ordering::SeqCst) {
+        if limit == 0 || !pipeline.handoff.table.swap(false, Ordering::SeqCst) {
             wait_for_work(&mut tasks, &pipeline.handoff, &wake).await;
             continue;
         }
-        // No message is handed over from here until the leased ones have
-        // their places, so the room leased for stays free for them.
+        // No message is handed over from here until the leased ones are
+        // held, so the room leased for stays free for them.
         let in_flight = pipeline.handoff.begin_lease();
         let room = LeaseRoom {
-            limit: free as i64,
-            per_destination: PER_DESTINATION as i64,
+            limit: limit as i64,
+            per_destination: (PER_DESTINATION + LEASED_AHEAD) as i64,
             busy: &in_flight,
         };
         let now = pipeline.now().as_millisecond();
+        let until = now + pipeline.lease_ms();
         let leased = pipeline
             .store
             .lease_messages(&owner, now, pipeline.lease_ms(), &room)
             .await;
-        let slots: Vec<Slot> = match &leased {
-            Ok(leased) => leased
-                .iter()
-                .map(|m| Slot::take(&busy, &room_made, m))
-                .collect(),
-            Err(_) => Vec::new(),
-        };
+        if let Ok(leased) = &leased {
+            for m in leased {
+                busy.hold(&(m.tenant_id.clone(), m.channel.clone()));
+            }
+        }
         pipeline.handoff.end_lease();
         let leased = match leased {
             Ok(leased) => leased,
@@ -321,13 +346,19 @@ pub async fn run_message_worker(
                 continue;
             }
         };
-        // Unless this lease took its limit or filled a destination (the next
-        // lease skips that one's messages and looks further), it took all
-        // that was due and had room: lease again only when that changes.
-        let all_taken = leased.len() < free && !fills_a_destination(&leased, &room);
-        // Messages of full destinations were not looked at: when one has
-        // room again, the table may have some for it.
-        if !all_taken || room.busy.iter().any(|(_, _, room)| *room <= 0) {
+        // Destinations without room were not looked at, and those this
+        // lease filled may have more: lease for them when they have room.
+        filled.extend(
+            in_flight
+                .iter()
+                .filter(|(_, _, room)| *room <= 0)
+                .map(|(tenant, channel, _)| (tenant.clone(), channel.clone())),
+        );
+        filled.extend(filled_destinations(&leased, &room));
+        // Unless this lease took its limit, it took all that was due for
+        // the destinations with room: lease again only when that changes.
+        let all_taken = (leased.len() as i64) < room.limit;
+        if !all_taken {
             pipeline.handoff.look_in_table();
         }
         if leased.is_empty() {
@@ -336,60 +367,89 @@ pub async fn run_message_worker(
         }
         // The events the messages render from, read in one query.
         let ids: Vec<&str> = leased.iter().map(|m| m.event_id.as_str()).collect();
-        let mut events: HashMap<String, EventRow> = match pipeline.store.events_by_id(&ids).await {
+        let events: HashMap<String, EventRow> = match pipeline.store.events_by_id(&ids).await {
             Ok(rows) => rows.into_iter().map(|r| (r.id.clone(), r)).collect(),
             Err(err) => {
                 tracing::warn!(error = %err, "cannot read the events of leased messages; each reads its own");
                 HashMap::new()
             }
         };
-        for (m, slot) in leased.into_iter().zip(slots) {
-            let event = events.remove(&m.event_id);
-            start(&pipeline, &transport, &mut tasks, m, event, slot);
-        }
+        ahead.extend(leased.into_iter().map(|message| Handed {
+            event: events.get(&message.event_id).cloned(),
+            message,
+            until,
+        }));
+        let starting = (&pipeline, &transport, &busy, &room_made);
+        start_waiting(starting, &mut tasks, &mut ahead, Place::WhenFree);
         if all_taken {
             wait_for_work(&mut tasks, &pipeline.handoff, &wake).await;
         }
     }
 }
 
-/// Start delivering the handed-over messages in `waiting` whose destination
-/// has room, oldest first, while the worker has free slots.
-fn start_handed_over(
-    pipeline: &Pipeline,
-    transport: &Arc<dyn Transport>,
-    busy: &Arc<Busy>,
-    room_made: &Arc<Notify>,
+/// How a message waiting in the worker has its place at its destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// Reserved when it was stored (handed over).
+    Reserved,
+    /// Taken when one comes free (leased ahead).
+    WhenFree,
+}
+
+/// What the message worker starts deliveries with.
+type Starting<'a> = (
+    &'a Pipeline,
+    &'a Arc<dyn Transport>,
+    &'a Arc<Busy>,
+    &'a Arc<Notify>,
+);
+
+/// Start delivering the messages in `queue` whose destination has a place
+/// for them, oldest first, while the worker has free slots.
+fn start_waiting(
+    (pipeline, transport, busy, room_made): Starting<'_>,
     tasks: &mut tokio::task::JoinSet<()>,
-    waiting: &mut VecDeque<Handed>,
+    queue: &mut VecDeque<Handed>,
+    place: Place,
 ) {
-    // A message that waited for room so long that its lease is running out
-    // is left to the table: once the lease expires any worker leases it,
-    // and this one must not deliver it then too.
+    // A message that waited so long that its lease is running out is left
+    // to the table: once the lease expires any worker leases it, and this
+    // one must not deliver it then too.
     let deadline = pipeline.now().as_millisecond() + pipeline.lease_ms() / 2;
-    let mut kept = VecDeque::with_capacity(waiting.len());
-    while let Some(handed) = waiting.pop_front() {
-        let m = &handed.message;
-        if handed.until < deadline {
-            tracing::warn!(message = %m.id, "a handed-over message waited too long for a free slot; it is delivered when its lease expires");
-            pipeline.handoff.release(&m.tenant_id, &m.channel);
-        } else if tasks.len() < CONCURRENCY {
-            // Its place at the destination was reserved when it was stored.
-            let slot = Slot::adopt(busy, room_made, m);
-            pipeline.handoff.started();
-            start(
-                pipeline,
-                transport,
-                tasks,
-                handed.message,
-                Some(handed.event),
-                slot,
-            );
-        } else {
-            kept.push_back(handed);
+    let mut kept = VecDeque::with_capacity(queue.len());
+    while let Some(waiting) = queue.pop_front() {
+        let m = &waiting.message;
+        if waiting.until < deadline {
+            tracing::warn!(message = %m.id, "a message waited too long for a free slot; it is delivered when its lease expires");
+            match place {
+                Place::Reserved => pipeline.handoff.release(&m.tenant_id, &m.channel),
+                Place::WhenFree => busy.remove(&m.tenant_id, &m.channel, true),
+            }
+            continue;
         }
+        let startable = tasks.len() < CONCURRENCY
+            && match place {
+                Place::Reserved => true,
+                Place::WhenFree => busy.promote(&(m.tenant_id.clone(), m.channel.clone())),
+            };
+        if !startable {
+            kept.push_back(waiting);
+            continue;
+        }
+        if place == Place::Reserved {
+            pipeline.handoff.started();
+        }
+        let slot = Slot::adopt(busy, room_made, m);
+        start(
+            pipeline,
+            transport,
+            tasks,
+            waiting.message,
+            waiting.event,
+            slot,
+        );
     }
-    *waiting = kept;
+    *queue = kept;
 }
 
 /// Deliver the leased message `m` in a task of `tasks`; `event` is its
@@ -419,21 +479,24 @@ fn start(
     });
 }
 
-/// Whether `leased` takes all the room `room` gave one of its destinations.
-fn fills_a_destination(leased: &[MessageRow], room: &LeaseRoom<'_>) -> bool {
-    leased.iter().any(|m| {
-        let is_its = |tenant: &str, channel: &str| tenant == m.tenant_id && channel == m.channel;
-        let taken = leased
-            .iter()
-            .filter(|o| is_its(&o.tenant_id, &o.channel))
-            .count() as i64;
-        let room = room
-            .busy
-            .iter()
-            .find(|(tenant, channel, _)| is_its(tenant, channel))
-            .map_or(room.per_destination, |(_, _, room)| *room);
-        taken >= room
-    })
+/// The destinations of `leased` whose room in `room` it took in full.
+fn filled_destinations(leased: &[MessageRow], room: &LeaseRoom<'_>) -> Vec<(String, String)> {
+    let mut taken: HashMap<(&str, &str), i64> = HashMap::new();
+    for m in leased {
+        *taken.entry((&m.tenant_id, &m.channel)).or_default() += 1;
+    }
+    taken
+        .into_iter()
+        .filter(|((tenant, channel), taken)| {
+            let room = room
+                .busy
+                .iter()
+                .find(|(t, c, _)| t == tenant && c == channel)
+                .map_or(room.per_destination, |(_, _, room)| *room);
+            *taken >= room
+        })
+        .map(|((tenant, channel), _)| (tenant.to_owned(), channel.to_owned()))
+        .collect()
 }
 
 /// Wait until a delivery makes room, new messages may be due, or [`POLL`]
@@ -451,46 +514,84 @@ async fn wait_for_work(tasks: &mut tokio::task::JoinSet<()>, handoff: &Handoff, 
     }
 }
 
-/// Messages in flight by destination (tenant, channel).
+/// The message worker's messages by destination (tenant, channel).
 #[derive(Debug, Default)]
-struct Busy(std::sync::Mutex<HashMap<(String, String), usize>>);
+struct Busy(std::sync::Mutex<HashMap<(String, String), Places>>);
+
+/// One destination's messages in the worker.
+#[derive(Debug, Default, Clone, Copy)]
+struct Places {
+    /// In flight, handed over, or reserved for a message being stored: at
+    /// most [`PER_DESTINATION`].
+    taken: usize,
+    /// Leased from the table ahead of a place (see [`LEASED_AHEAD`]).
+    ahead: usize,
+}
 
 impl Busy {
-    /// Take a place at `tenant`'s `channel` if it has fewer than `limit`,
-    /// unless the worker is `leasing` (checked under the same lock as the
-    /// room it leases with is read).
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Places>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Take a place at `tenant`'s `channel` if it has fewer than `limit`
+    /// taken and holds no message leased ahead (those come first), unless
+    /// the worker is `leasing` (checked under the same lock as the room it
+    /// leases with is read).
     fn try_add(&self, tenant: &str, channel: &str, limit: usize, leasing: &AtomicBool) -> bool {
-        let mut busy = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut busy = self.lock();
         if leasing.load(Ordering::SeqCst) {
             return false;
         }
-        let key = (tenant.to_owned(), channel.to_owned());
-        let count = busy.entry(key).or_default();
-        if *count < limit {
-            *count += 1;
+        let places = busy
+            .entry((tenant.to_owned(), channel.to_owned()))
+            .or_default();
+        if places.ahead == 0 && places.taken < limit {
+            places.taken += 1;
             true
         } else {
             false
         }
     }
 
-    /// Take a place at the destination, whatever its room.
-    fn add(&self, destination: &(String, String)) {
-        *self
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(destination.clone())
-            .or_default() += 1;
+    /// Hold a message leased ahead of a place at `destination`.
+    fn hold(&self, destination: &(String, String)) {
+        self.lock().entry(destination.clone()).or_default().ahead += 1;
     }
 
-    /// Give a place back.
-    fn remove(&self, tenant: &str, channel: &str) {
-        let mut busy = self.0.lock().unwrap_or_else(|e| e.into_inner());
+    /// Move a message held ahead at `destination` to a place, if it has
+    /// fewer than [`PER_DESTINATION`] taken.
+    fn promote(&self, destination: &(String, String)) -> bool {
+        let mut busy = self.lock();
+        let Some(places) = busy.get_mut(destination) else {
+            return false;
+        };
+        if places.taken < PER_DESTINATION && places.ahead > 0 {
+            places.ahead -= 1;
+            places.taken += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// How many messages `destination` has held ahead.
+    fn ahead(&self, destination: &(String, String)) -> usize {
+        self.lock()
+            .get(destination)
+            .map_or(0, |places| places.ahead)
+    }
+
+    /// Give a place back (`ahead`: a held message's).
+    fn remove(&self, tenant: &str, channel: &str, ahead: bool) {
+        let mut busy = self.lock();
         let key = (tenant.to_owned(), channel.to_owned());
-        if let Some(count) = busy.get_mut(&key) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
+        if let Some(places) = busy.get_mut(&key) {
+            if ahead {
+                places.ahead = places.ahead.saturating_sub(1);
+            } else {
+                places.taken = places.taken.saturating_sub(1);
+            }
+            if places.taken == 0 && places.ahead == 0 {
                 busy.remove(&key);
             }
         }
@@ -507,15 +608,8 @@ struct Slot {
 }
 
 impl Slot {
-    /// Take a place at `m`'s destination.
-    fn take(busy: &Arc<Busy>, room_made: &Arc<Notify>, m: &MessageRow) -> Self {
-        let slot = Self::adopt(busy, room_made, m);
-        busy.add(&slot.destination);
-        slot
-    }
-
     /// The place at `m`'s destination already taken for it (a handed-over
-    /// message's reservation).
+    /// message's reservation, or a leased one's promotion).
     fn adopt(busy: &Arc<Busy>, room_made: &Arc<Notify>, m: &MessageRow) -> Self {
         Self {
             busy: busy.clone(),
@@ -528,7 +622,7 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         let (tenant, channel) = &self.destination;
-        self.busy.remove(tenant, channel);
+        self.busy.remove(tenant, channel, false);
         self.room_made.notify_one();
     }
 }
@@ -1102,5 +1196,53 @@ mod tests {
             "the handoff is full"
         );
         assert!(handoff.take().is_empty());
+    }
+
+    #[test]
+    fn messages_leased_ahead_go_before_handed_over_ones_and_wait_for_a_place() {
+        let handoff = Handoff::default();
+        handoff.attach("w1");
+        let email = ("t1".to_owned(), "email".to_owned());
+        handoff.busy.hold(&email);
+        assert_eq!(
+            handoff.reserve("t1", "email"),
+            None,
+            "a destination holding a leased message takes none handed over"
+        );
+        assert!(handoff.busy.promote(&email), "a free place: it starts");
+        assert!(!handoff.busy.promote(&email), "nothing more is held");
+        assert_eq!(handoff.reserve("t1", "email").as_deref(), Some("w1"));
+
+        // With every place taken, held messages wait, and come first.
+        for _ in 2..PER_DESTINATION {
+            assert!(handoff.reserve("t1", "email").is_some());
+        }
+        handoff.busy.hold(&email);
+        assert!(!handoff.busy.promote(&email), "no free place");
+        handoff.release("t1", "email");
+        assert_eq!(handoff.reserve("t1", "email"), None);
+        assert!(handoff.busy.promote(&email), "the place came free");
+        assert_eq!(handoff.busy.ahead(&email), 0);
+
+        // Leased again once half of what it holds ahead has started.
+        for _ in 0..LEASED_AHEAD {
+            handoff.busy.hold(&email);
+        }
+        let room_of_email = |handoff: &Handoff| {
+            let room = handoff.begin_lease();
+            handoff.end_lease();
+            room.into_iter()
+                .find(|(tenant, channel, _)| (tenant, channel) == (&email.0, &email.1))
+                .map(|(_, _, room)| room)
+        };
+        assert_eq!(room_of_email(&handoff), Some(0));
+        for _ in 0..LEASED_AHEAD / 2 {
+            handoff.busy.remove("t1", "email", true);
+        }
+        assert_eq!(
+            room_of_email(&handoff),
+            Some((LEASED_AHEAD / 2) as i64),
+            "every place taken and half held: room for the other half"
+        );
     }
 }

@@ -832,7 +832,7 @@ async fn channel_settings_are_checked_and_secrets_never_read_back(db: Db) {
 }
 
 async fn a_hanging_endpoint_of_one_tenant_does_not_hold_up_another(db: Db) {
-    use tidings_host::schedule::PER_DESTINATION;
+    use tidings_host::schedule::{LEASED_AHEAD, PER_DESTINATION};
     let endpoint = FakeHttp::start().await;
     endpoint.reply(Reply {
         delay: Duration::from_secs(20),
@@ -864,8 +864,9 @@ async fn a_hanging_endpoint_of_one_tenant_does_not_hold_up_another(db: Db) {
         service.state.wake.clone(),
         "test-worker".into(),
     ));
-    // More of tenant A's messages than one destination may have in flight.
-    let slow_orders = PER_DESTINATION + 4;
+    // More of tenant A's messages than one destination may have in flight
+    // and leased ahead.
+    let slow_orders = PER_DESTINATION + LEASED_AHEAD + 4;
     for n in 0..slow_orders {
         service
             .post_event(&slow, &order(&format!("ord_slow{n}")))
@@ -895,8 +896,9 @@ async fn a_hanging_endpoint_of_one_tenant_does_not_hold_up_another(db: Db) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Only as many of A's as its destination may take were leased; the
-    // rest wait in the queue, not in the worker, and were never sent.
+    // Only as many of A's as its destination may take and hold ahead were
+    // leased, and only those in flight were sent; the rest wait in the
+    // table, not in the worker.
     let mut statuses = Vec::new();
     for n in 0..slow_orders {
         let m = only_message(&service, &slow, &format!("ord_slow{n}")).await;
@@ -904,9 +906,10 @@ async fn a_hanging_endpoint_of_one_tenant_does_not_hold_up_another(db: Db) {
     }
     let sending = statuses.iter().filter(|s| *s == "sending").count();
     let scheduled = statuses.iter().filter(|s| *s == "scheduled").count();
+    let leased = PER_DESTINATION + LEASED_AHEAD;
     assert_eq!(
         (sending, scheduled),
-        (PER_DESTINATION, slow_orders - PER_DESTINATION),
+        (leased, slow_orders - leased),
         "{statuses:?}"
     );
     assert_eq!(endpoint.received().len(), PER_DESTINATION);
