@@ -27,8 +27,8 @@ use crate::render::TemplateCache;
 use crate::schedule::{Handoff, Wakeups};
 use crate::settings::{FailureFallback, TenantSettings};
 use crate::store::{
-    AuditEntry, Committed, Count, EventRow, FactsQuery, NewDecision, NewMessage, PluginDigest,
-    PluginRow, Store, StoreError, TenantRow, Writes,
+    AuditEntry, Committed, Count, EscalationRow, EventRow, FactsQuery, HistoryRow, NewDecision,
+    NewMessage, PluginDigest, PluginRow, Store, StoreError, TenantRow, Writes,
 };
 
 /// The queue the host itself uses when a plugin fails.
@@ -297,40 +297,49 @@ impl Pipeline {
         tenant_id: &str,
         order_id: &str,
         before: i64,
-    ) -> Result<(Vec<SentNotification>, Vec<OpenEscalation>), PipelineError> {
-        let history = self
-            .store
-            .order_history(tenant_id, order_id)
-            .await?
-            .into_iter()
-            .filter(|m| m.created_at < before)
-            .filter_map(|m| {
-                Some(SentNotification {
-                    template: m.template,
-                    channel: parse_enum(&m.channel)?,
-                    at: Timestamp::from_millisecond(m.send_at).ok()?,
-                })
-            })
-            .collect();
+    ) -> Result<OrderContext, PipelineError> {
+        let history = self.store.order_history(tenant_id, order_id).await?;
         let open = self
             .store
             .escalations(tenant_id, Some(order_id), true)
-            .await?
-            .into_iter()
-            .filter(|e| e.created_at < before)
-            .filter_map(|e| {
-                Some(OpenEscalation {
-                    queue: e.queue,
-                    priority: parse_enum(&e.priority)?,
-                    opened_at: Timestamp::from_millisecond(e.created_at).ok()?,
-                })
-            })
-            .collect();
-        Ok((history, open))
+            .await?;
+        Ok(OrderContext::from_rows(history, open, before))
     }
 
-    /// Take one stored event through decide, policy and scheduling.
-    pub async fn process_event(&self, row: &EventRow) -> Result<(), PipelineError> {
+    /// [`Pipeline::order_context`], now, of the orders of `rows` (a leased
+    /// batch, at most one event an order), read in two queries.
+    pub async fn order_contexts(
+        &self,
+        rows: &[EventRow],
+    ) -> Result<HashMap<(String, String), OrderContext>, PipelineError> {
+        let orders: Vec<(&str, &str)> = rows
+            .iter()
+            .map(|r| (r.tenant_id.as_str(), r.order_id.as_str()))
+            .collect();
+        let (history, open) = self.store.order_contexts(&orders).await?;
+        let mut by_order: HashMap<(String, String), (Vec<HistoryRow>, Vec<EscalationRow>)> =
+            HashMap::new();
+        for h in history {
+            let key = (h.tenant_id.clone(), h.order_id.clone());
+            by_order.entry(key).or_default().0.push(h);
+        }
+        for e in open {
+            let key = (e.tenant_id.clone(), e.order_id.clone());
+            by_order.entry(key).or_default().1.push(e);
+        }
+        Ok(by_order
+            .into_iter()
+            .map(|(key, (history, open))| (key, OrderContext::from_rows(history, open, i64::MAX)))
+            .collect())
+    }
+
+    /// Take one stored event through decide, policy and scheduling; `context`
+    /// is its order's, if already read.
+    pub async fn process_event(
+        &self,
+        row: &EventRow,
+        context: Option<OrderContext>,
+    ) -> Result<(), PipelineError> {
         let event: OrderEvent =
             serde_json::from_str(&row.body).map_err(|e| PipelineError::Corrupt {
                 what: "event body",
@@ -341,8 +350,26 @@ impl Pipeline {
         // What this event changes is stored at the end, in one transaction
         // with the event's new status, unless an action must write earlier.
         let mut writes = Writes::default();
+        let OrderContext {
+            history,
+            open_escalations,
+        } = match context {
+            Some(context) => context,
+            None => {
+                self.order_context(&tenant.id, &event.order.id, i64::MAX)
+                    .await?
+            }
+        };
+        // What every plugin is told, each with its own config.
+        let base = Context {
+            tenant: tenant.id.clone(),
+            now,
+            config: serde_json::Value::Null,
+            history,
+            open_escalations,
+        };
         let merged = self
-            .decide_all(row, &event, &tenant, &settings, now, &mut writes)
+            .decide_all(row, &event, &tenant, &settings, &base, &mut writes)
             .await?;
         for (n, (decision_id, action)) in merged.actions.iter().enumerate() {
             // Derived from the event and the action's place in the merged
@@ -429,12 +456,9 @@ impl Pipeline {
         event: &OrderEvent,
         tenant: &TenantRow,
         settings: &TenantSettings,
-        now: Timestamp,
+        base: &Context,
         writes: &mut Writes,
     ) -> Result<Merged, PipelineError> {
-        let (history, open_escalations) = self
-            .order_context(&tenant.id, &event.order.id, i64::MAX)
-            .await?;
         let mut merged = Merged {
             actions: Vec::new(),
         };
@@ -459,11 +483,8 @@ impl Pipeline {
             };
             let config = serde_json::from_str(&install.config).unwrap_or(serde_json::Value::Null);
             let ctx = Context {
-                tenant: tenant.id.clone(),
-                now,
                 config,
-                history: history.clone(),
-                open_escalations: open_escalations.clone(),
+                ..base.clone()
             };
             let result = self
                 .runtime
@@ -919,6 +940,48 @@ impl Pipeline {
 }
 
 /// An audit entry about `row`'s order.
+/// What a plugin is told about an order besides the event: the
+/// notifications so far and the open escalations.
+#[derive(Debug, Clone, Default)]
+pub struct OrderContext {
+    /// Notifications scheduled, sent or held, oldest first.
+    pub history: Vec<SentNotification>,
+    /// Open (or acknowledged) escalations, newest first.
+    pub open_escalations: Vec<OpenEscalation>,
+}
+
+impl OrderContext {
+    /// From the store's rows, as of `before` (ms).
+    fn from_rows(history: Vec<HistoryRow>, open: Vec<EscalationRow>, before: i64) -> Self {
+        let history = history
+            .into_iter()
+            .filter(|m| m.created_at < before)
+            .filter_map(|m| {
+                Some(SentNotification {
+                    template: m.template,
+                    channel: parse_enum(&m.channel)?,
+                    at: Timestamp::from_millisecond(m.send_at).ok()?,
+                })
+            })
+            .collect();
+        let open_escalations = open
+            .into_iter()
+            .filter(|e| e.created_at < before)
+            .filter_map(|e| {
+                Some(OpenEscalation {
+                    queue: e.queue,
+                    priority: parse_enum(&e.priority)?,
+                    opened_at: Timestamp::from_millisecond(e.created_at).ok()?,
+                })
+            })
+            .collect();
+        Self {
+            history,
+            open_escalations,
+        }
+    }
+}
+
 fn audit_entry<'a>(
     row: &'a EventRow,
     message_id: Option<&'a str>,

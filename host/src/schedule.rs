@@ -79,11 +79,26 @@ pub async fn process_some_events(
 ) -> Result<usize, PipelineError> {
     let rows = pipeline.store.lease_events(64, pipeline.lease_ms()).await?;
     let count = rows.len();
+    // Their orders' history and open escalations, in two queries for the
+    // batch; if that fails, each event reads its own.
+    let mut contexts = match pipeline.order_contexts(&rows).await {
+        Ok(contexts) => Some(contexts),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot read the orders of leased events; each reads its own");
+            None
+        }
+    };
     let mut tasks = tokio::task::JoinSet::new();
     for row in rows {
         let pipeline = pipeline.clone();
+        // An order without history or open escalations has no entry.
+        let context = contexts.as_mut().map(|contexts| {
+            contexts
+                .remove(&(row.tenant_id.clone(), row.order_id.clone()))
+                .unwrap_or_default()
+        });
         tasks.spawn(async move {
-            if let Err(err) = pipeline.process_event(&row).await {
+            if let Err(err) = pipeline.process_event(&row, context).await {
                 tracing::error!(event = %row.id, error = %err, "event processing failed");
                 let _ = pipeline.store.finish_event(&row.id, "failed").await;
             }
@@ -201,7 +216,7 @@ impl Handoff {
     /// message the worker leaves to the table.
     pub fn release(&self, tenant: &str, channel: &str) {
         self.used.fetch_sub(1, Ordering::SeqCst);
-        self.busy.remove(tenant, channel, false);
+        self.busy.free(tenant, channel);
         self.room_made.notify_one();
     }
 
@@ -292,13 +307,34 @@ pub async fn run_message_worker(
     // leased from again once half of what it holds has started.
     let mut ahead: VecDeque<Handed> = VecDeque::new();
     let mut filled: HashSet<(String, String)> = HashSet::new();
+    // Messages that waited too long to start, to give back to the table.
+    let mut overdue: Vec<String> = Vec::new();
+    let starting = Starting {
+        pipeline: &pipeline,
+        transport: &transport,
+        busy: &busy,
+        room_made: &room_made,
+    };
     pipeline.handoff.attach(&owner);
     loop {
         while tasks.try_join_next().is_some() {}
         waiting.extend(pipeline.handoff.take());
-        let starting = (&pipeline, &transport, &busy, &room_made);
-        start_waiting(starting, &mut tasks, &mut waiting, Place::Reserved);
-        start_waiting(starting, &mut tasks, &mut ahead, Place::WhenFree);
+        start_waiting(
+            starting,
+            &mut tasks,
+            &mut waiting,
+            Place::Reserved,
+            &mut overdue,
+        );
+        start_waiting(
+            starting,
+            &mut tasks,
+            &mut ahead,
+            Place::WhenFree,
+            &mut overdue,
+        );
+        // Before the next lease, so that it takes them before newer ones.
+        give_back(&pipeline, &owner, &mut overdue).await;
         filled.retain(|destination| {
             let refill = busy.ahead(destination) <= LEASED_AHEAD / 2;
             if refill {
@@ -379,8 +415,13 @@ pub async fn run_message_worker(
             message,
             until,
         }));
-        let starting = (&pipeline, &transport, &busy, &room_made);
-        start_waiting(starting, &mut tasks, &mut ahead, Place::WhenFree);
+        start_waiting(
+            starting,
+            &mut tasks,
+            &mut ahead,
+            Place::WhenFree,
+            &mut overdue,
+        );
         if all_taken {
             wait_for_work(&mut tasks, &pipeline.handoff, &wake).await;
         }
@@ -397,34 +438,40 @@ enum Place {
 }
 
 /// What the message worker starts deliveries with.
-type Starting<'a> = (
-    &'a Pipeline,
-    &'a Arc<dyn Transport>,
-    &'a Arc<Busy>,
-    &'a Arc<Notify>,
-);
+#[derive(Clone, Copy)]
+struct Starting<'a> {
+    pipeline: &'a Pipeline,
+    transport: &'a Arc<dyn Transport>,
+    busy: &'a Arc<Busy>,
+    room_made: &'a Arc<Notify>,
+}
 
 /// Start delivering the messages in `queue` whose destination has a place
-/// for them, oldest first, while the worker has free slots.
+/// for them, oldest first, while the worker has free slots. Those that
+/// waited until half their lease was gone are taken out of the worker and
+/// their ids added to `overdue`, to be [given back](give_back) to the table.
 fn start_waiting(
-    (pipeline, transport, busy, room_made): Starting<'_>,
+    Starting {
+        pipeline,
+        transport,
+        busy,
+        room_made,
+    }: Starting<'_>,
     tasks: &mut tokio::task::JoinSet<()>,
     queue: &mut VecDeque<Handed>,
     place: Place,
+    overdue: &mut Vec<String>,
 ) {
-    // A message that waited so long that its lease is running out is left
-    // to the table: once the lease expires any worker leases it, and this
-    // one must not deliver it then too.
     let deadline = pipeline.now().as_millisecond() + pipeline.lease_ms() / 2;
     let mut kept = VecDeque::with_capacity(queue.len());
     while let Some(waiting) = queue.pop_front() {
         let m = &waiting.message;
         if waiting.until < deadline {
-            tracing::warn!(message = %m.id, "a message waited too long for a free slot; it is delivered when its lease expires");
             match place {
                 Place::Reserved => pipeline.handoff.release(&m.tenant_id, &m.channel),
-                Place::WhenFree => busy.remove(&m.tenant_id, &m.channel, true),
+                Place::WhenFree => busy.unhold(&m.tenant_id, &m.channel),
             }
+            overdue.push(waiting.message.id);
             continue;
         }
         let startable = tasks.len() < CONCURRENCY
@@ -450,6 +497,34 @@ fn start_waiting(
         );
     }
     *queue = kept;
+}
+
+/// Give the `overdue` messages, leased to `owner`, back to the table, due
+/// as they were. A message that waits in the worker until its lease is half
+/// gone (its destination hangs, or is slower than its backlog) must not be
+/// delivered by this worker once the lease expires and another may have
+/// taken it; given back, it is leased again in its order, before the newer
+/// messages of its destination. If that fails, it is leased again when its
+/// lease expires.
+async fn give_back(pipeline: &Pipeline, owner: &str, overdue: &mut Vec<String>) {
+    if overdue.is_empty() {
+        return;
+    }
+    let ids: Vec<&str> = overdue.iter().map(String::as_str).collect();
+    let now = pipeline.now().as_millisecond();
+    match pipeline.store.release_messages(owner, &ids, now).await {
+        Ok(n) => {
+            tracing::warn!(
+                messages = n,
+                "messages waited half their lease for a free place; given back to the table in their order"
+            );
+            pipeline.handoff.look_in_table();
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, messages = ids.len(), "cannot give messages that waited too long back to the table; they are leased again when their lease expires");
+        }
+    }
+    overdue.clear();
 }
 
 /// Deliver the leased message `m` in a task of `tasks`; `event` is its
@@ -581,16 +656,26 @@ impl Busy {
             .map_or(0, |places| places.ahead)
     }
 
-    /// Give a place back (`ahead`: a held message's).
-    fn remove(&self, tenant: &str, channel: &str, ahead: bool) {
+    /// Give back a place taken at `tenant`'s `channel`.
+    fn free(&self, tenant: &str, channel: &str) {
+        self.update(tenant, channel, |places| {
+            places.taken = places.taken.saturating_sub(1);
+        });
+    }
+
+    /// Let go of a message held ahead at `tenant`'s `channel`.
+    fn unhold(&self, tenant: &str, channel: &str) {
+        self.update(tenant, channel, |places| {
+            places.ahead = places.ahead.saturating_sub(1);
+        });
+    }
+
+    /// Change a destination's places; forget it once it has none.
+    fn update(&self, tenant: &str, channel: &str, change: impl FnOnce(&mut Places)) {
         let mut busy = self.lock();
         let key = (tenant.to_owned(), channel.to_owned());
         if let Some(places) = busy.get_mut(&key) {
-            if ahead {
-                places.ahead = places.ahead.saturating_sub(1);
-            } else {
-                places.taken = places.taken.saturating_sub(1);
-            }
+            change(places);
             if places.taken == 0 && places.ahead == 0 {
                 busy.remove(&key);
             }
@@ -622,7 +707,7 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         let (tenant, channel) = &self.destination;
-        self.busy.remove(tenant, channel, false);
+        self.busy.free(tenant, channel);
         self.room_made.notify_one();
     }
 }
@@ -1237,7 +1322,7 @@ mod tests {
         };
         assert_eq!(room_of_email(&handoff), Some(0));
         for _ in 0..LEASED_AHEAD / 2 {
-            handoff.busy.remove("t1", "email", true);
+            handoff.busy.unhold("t1", "email");
         }
         assert_eq!(
             room_of_email(&handoff),

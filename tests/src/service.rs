@@ -167,6 +167,12 @@ impl TestService {
             .fetch_add(minutes * 60_000, Ordering::SeqCst);
     }
 
+    /// Move the pipeline's clock forward by `secs` seconds (no sleeping).
+    pub fn advance_clock_secs(&self, secs: i64) {
+        self.clock_offset_ms
+            .fetch_add(secs * 1_000, Ordering::SeqCst);
+    }
+
     /// Run the escalation worker once, at the pipeline's time.
     pub async fn run_escalations(&self) -> usize {
         tidings_host::escalation::advance(&self.state.pipeline, self.state.pipeline.now())

@@ -17,6 +17,7 @@ use tidings_sdk::types::{Context, OrderEvent, PluginInfo, Timestamp};
 use super::{ApiError, AppState, Caller, parse_body, rfc3339};
 use crate::decide::{DecideError, Decision, LoadError};
 use crate::ingest;
+use crate::pipeline::OrderContext;
 use crate::store::PluginRow;
 
 /// Uploads may carry multipart framing around the component.
@@ -329,7 +330,10 @@ async fn dry_run(
     let (_, settings) = state.pipeline.tenant(tenant_id).await?;
     let plugin = state.pipeline.plugin_of(&row).await?;
     let now = body.now.unwrap_or_else(Timestamp::now);
-    let (history, open_escalations) = state
+    let OrderContext {
+        history,
+        open_escalations,
+    } = state
         .pipeline
         .order_context(tenant_id, &event.order.id, i64::MAX)
         .await?;
@@ -410,7 +414,10 @@ async fn replay(
             .first()
             .map_or(event_row.received_at, |d| d.created_at);
         let now = Timestamp::from_millisecond(decided_at).unwrap_or_else(|_| Timestamp::now());
-        let (history, open_escalations) = state
+        let OrderContext {
+            history,
+            open_escalations,
+        } = state
             .pipeline
             .order_context(tenant_id, &event.order.id, decided_at)
             .await?;

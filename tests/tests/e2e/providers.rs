@@ -10,6 +10,8 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
+use tidings_host::schedule::{LEASE, LEASED_AHEAD, PER_DESTINATION};
+use tidings_host::store::{MessageFilter, MessageRow};
 use tidings_sdk::testing::fixture;
 use tidings_sdk::types::{EventKind, OrderEvent};
 use tidings_tests::fake::{FakeHttp, Reply};
@@ -29,6 +31,7 @@ on_both_backends!(
     bounce_callbacks_are_authenticated_and_validated,
     channel_settings_are_checked_and_secrets_never_read_back,
     a_hanging_endpoint_of_one_tenant_does_not_hold_up_another,
+    messages_held_for_a_hanging_endpoint_go_back_in_their_order,
 );
 
 const TOKEN: &str = "tw_auth_token_0123456789";
@@ -831,87 +834,167 @@ async fn channel_settings_are_checked_and_secrets_never_read_back(db: Db) {
     assert_eq!(status, StatusCode::NO_CONTENT);
 }
 
-async fn a_hanging_endpoint_of_one_tenant_does_not_hold_up_another(db: Db) {
-    use tidings_host::schedule::{LEASED_AHEAD, PER_DESTINATION};
-    let endpoint = FakeHttp::start().await;
-    endpoint.reply(Reply {
-        delay: Duration::from_secs(20),
-        ..Reply::new(200, json!({}))
-    });
-    let mut service = TestService::new(db).await;
-    service.delivery.http_timeout = Duration::from_secs(15);
-    let (_, slow) = shop(&service, "webhook", &[]).await;
-    configure(
-        &service,
-        &slow,
-        "webhook",
-        json!({ "url": format!("{}/hang", endpoint.url()), "secret": WEBHOOK_SECRET }),
-    )
-    .await;
-    let (_, quick) = shop(&service, "email", &[]).await;
+/// A tenant whose webhook endpoint hangs, with more messages due than its
+/// destination may have in flight and leased ahead, another tenant that
+/// sends email, and the real message worker, as `tidings serve` runs it.
+struct Hanging {
+    service: TestService,
+    endpoint: FakeHttp,
+    slow: (String, String),
+    quick: String,
+    worker: tokio::task::JoinHandle<()>,
+}
 
-    // The real message worker, as `tidings serve` runs it.
-    let pipeline = service.state.pipeline.clone();
-    let transport: std::sync::Arc<dyn tidings_host::dispatch::Transport> = std::sync::Arc::new(
-        service
-            .delivery
-            .dispatcher(&service.outbox)
-            .expect("dispatcher"),
-    );
-    let worker = tokio::spawn(tidings_host::schedule::run_message_worker(
-        pipeline,
-        transport,
-        service.state.wake.clone(),
-        "test-worker".into(),
-    ));
-    // More of tenant A's messages than one destination may have in flight
-    // and leased ahead.
-    let slow_orders = PER_DESTINATION + LEASED_AHEAD + 4;
-    for n in 0..slow_orders {
-        service
-            .post_event(&slow, &order(&format!("ord_slow{n}")))
-            .await;
-    }
-    service.process_events().await;
-    let started = std::time::Instant::now();
-    while endpoint.received().len() < PER_DESTINATION {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the webhook was called {} times",
-            endpoint.received().len()
+/// How many orders the hanging tenant's shop posts.
+const SLOW_ORDERS: usize = PER_DESTINATION + LEASED_AHEAD + 4;
+
+impl Hanging {
+    /// Once the endpoint holds as many requests as the destination's places.
+    async fn start(db: Db) -> Self {
+        let endpoint = FakeHttp::start().await;
+        endpoint.reply(Reply {
+            delay: Duration::from_secs(20),
+            ..Reply::new(200, json!({}))
+        });
+        let mut service = TestService::new(db).await;
+        service.delivery.http_timeout = Duration::from_secs(15);
+        let slow = shop(&service, "webhook", &[]).await;
+        configure(
+            &service,
+            &slow.1,
+            "webhook",
+            json!({ "url": format!("{}/hang", endpoint.url()), "secret": WEBHOOK_SECRET }),
+        )
+        .await;
+        let (_, quick) = shop(&service, "email", &[]).await;
+        let pipeline = service.state.pipeline.clone();
+        let transport: std::sync::Arc<dyn tidings_host::dispatch::Transport> = std::sync::Arc::new(
+            service
+                .delivery
+                .dispatcher(&service.outbox)
+                .expect("dispatcher"),
         );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    // Tenant A's requests are hanging now; tenant B's email goes out anyway.
-    service.post_event(&quick, &order("ord_quick")).await;
-    service.process_events().await;
-    loop {
-        let quick_status = only_message(&service, &quick, "ord_quick").await["status"].clone();
-        if quick_status == "sent" {
-            break;
+        let worker = tokio::spawn(tidings_host::schedule::run_message_worker(
+            pipeline,
+            transport,
+            service.state.wake.clone(),
+            "test-worker".into(),
+        ));
+        for n in 0..SLOW_ORDERS {
+            service
+                .post_event(&slow.1, &order(&format!("ord_slow{n}")))
+                .await;
         }
+        service.process_events().await;
+        let hanging = &endpoint;
+        wait_for("the hanging endpoint to hold its places", || async move {
+            hanging.received().len() >= PER_DESTINATION
+        })
+        .await;
+        Hanging {
+            service,
+            endpoint,
+            slow,
+            quick,
+            worker,
+        }
+    }
+
+    /// The hanging tenant's messages by order, oldest order first.
+    async fn slow_messages(&self) -> Vec<MessageRow> {
+        let mut messages = Vec::new();
+        for n in 0..SLOW_ORDERS {
+            let order_id = format!("ord_slow{n}");
+            let filter = MessageFilter {
+                order_id: Some(&order_id),
+                ..MessageFilter::default()
+            };
+            let found = self
+                .service
+                .state
+                .pipeline
+                .store
+                .messages(&self.slow.0, &filter, 10)
+                .await
+                .expect("messages");
+            assert_eq!(found.len(), 1, "ord_slow{n}: {found:?}");
+            messages.extend(found);
+        }
+        messages
+    }
+}
+
+/// Poll `done` every 20 ms until it holds; fail after 10 s.
+async fn wait_for<F: std::future::Future<Output = bool>>(what: &str, done: impl Fn() -> F) {
+    let started = std::time::Instant::now();
+    while !done().await {
         assert!(
             started.elapsed() < Duration::from_secs(10),
-            "the email waited for the hanging webhook"
+            "gave up waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+fn count(messages: &[MessageRow], status: &str) -> usize {
+    messages.iter().filter(|m| m.status == status).count()
+}
+
+async fn a_hanging_endpoint_of_one_tenant_does_not_hold_up_another(db: Db) {
+    let h = &Hanging::start(db).await;
+    // Tenant A's requests are hanging now; tenant B's email goes out anyway.
+    h.service.post_event(&h.quick, &order("ord_quick")).await;
+    h.service.process_events().await;
+    wait_for("the other tenant's email", || async move {
+        only_message(&h.service, &h.quick, "ord_quick").await["status"] == "sent"
+    })
+    .await;
     // Only as many of A's as its destination may take and hold ahead were
     // leased, and only those in flight were sent; the rest wait in the
     // table, not in the worker.
-    let mut statuses = Vec::new();
-    for n in 0..slow_orders {
-        let m = only_message(&service, &slow, &format!("ord_slow{n}")).await;
-        statuses.push(m["status"].as_str().expect("status").to_owned());
-    }
-    let sending = statuses.iter().filter(|s| *s == "sending").count();
-    let scheduled = statuses.iter().filter(|s| *s == "scheduled").count();
+    let messages = h.slow_messages().await;
     let leased = PER_DESTINATION + LEASED_AHEAD;
     assert_eq!(
-        (sending, scheduled),
-        (leased, slow_orders - leased),
-        "{statuses:?}"
+        (count(&messages, "sending"), count(&messages, "scheduled")),
+        (leased, SLOW_ORDERS - leased),
+        "{messages:?}"
     );
-    assert_eq!(endpoint.received().len(), PER_DESTINATION);
-    worker.abort();
+    assert_eq!(h.endpoint.received().len(), PER_DESTINATION);
+    h.worker.abort();
+}
+
+async fn messages_held_for_a_hanging_endpoint_go_back_in_their_order(db: Db) {
+    let h = &Hanging::start(db).await;
+    let leased = PER_DESTINATION + LEASED_AHEAD;
+    wait_for("the messages leased ahead", || async move {
+        count(&h.slow_messages().await, "sending") == leased
+    })
+    .await;
+    // Half the lease passes with the endpoint still hanging: the messages
+    // held ahead go back to the table and are leased again, oldest first,
+    // so the newest four still wait behind them (they used to be leased
+    // past them while the held ones waited out their lease).
+    h.service.advance_clock_secs(LEASE.as_secs() as i64 / 2 + 1);
+    let since = h.service.state.pipeline.now().as_millisecond();
+    wait_for("the held messages to be leased again", || async move {
+        let messages = h.slow_messages().await;
+        let again = messages
+            .iter()
+            .filter(|m| m.status == "sending" && m.updated_at >= since)
+            .count();
+        again == LEASED_AHEAD || messages[leased..].iter().any(|m| m.status != "scheduled")
+    })
+    .await;
+    let after = h.slow_messages().await;
+    assert!(
+        after[leased..].iter().all(|m| m.status == "scheduled"),
+        "newer messages were leased before older ones: {:?}",
+        after[leased..]
+            .iter()
+            .map(|m| (&m.id, &m.status))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(count(&after, "sending"), leased, "{after:?}");
+    assert_eq!(h.endpoint.received().len(), PER_DESTINATION);
+    h.worker.abort();
 }
