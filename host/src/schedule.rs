@@ -401,17 +401,27 @@ pub async fn run_message_worker(
             wait_for_work(&mut tasks, &pipeline.handoff, &wake).await;
             continue;
         }
-        // The events the messages render from, read in one query.
+        // The events the messages render from, read in one query, with
+        // how many of the messages render from each.
         let ids: Vec<&str> = leased.iter().map(|m| m.event_id.as_str()).collect();
-        let events: HashMap<String, EventRow> = match pipeline.store.events_by_id(&ids).await {
-            Ok(rows) => rows.into_iter().map(|r| (r.id.clone(), r)).collect(),
+        let mut events: HashMap<String, (EventRow, usize)> = match pipeline
+            .store
+            .events_by_id(&ids)
+            .await
+        {
+            Ok(rows) => rows.into_iter().map(|r| (r.id.clone(), (r, 0))).collect(),
             Err(err) => {
                 tracing::warn!(error = %err, "cannot read the events of leased messages; each reads its own");
                 HashMap::new()
             }
         };
+        for id in ids {
+            if let Some((_, uses)) = events.get_mut(id) {
+                *uses += 1;
+            }
+        }
         ahead.extend(leased.into_iter().map(|message| Handed {
-            event: events.get(&message.event_id).cloned(),
+            event: take_event(&mut events, &message.event_id),
             message,
             until,
         }));
@@ -552,6 +562,17 @@ fn start(
             tracing::error!(message = %m.id, error = %err, "delivery failed; the lease will expire and it is retried");
         }
     });
+}
+
+/// The event `id` for one of the messages that use it: a copy while others
+/// still need it, the event itself for the last.
+fn take_event(events: &mut HashMap<String, (EventRow, usize)>, id: &str) -> Option<EventRow> {
+    let (event, uses) = events.get_mut(id)?;
+    if *uses > 1 {
+        *uses -= 1;
+        return Some(event.clone());
+    }
+    events.remove(id).map(|(event, _)| event)
 }
 
 /// The destinations of `leased` whose room in `room` it took in full.
@@ -1223,6 +1244,42 @@ async fn recheck_policy(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_event_read_for_several_messages_is_copied_for_all_but_the_last() {
+        let event = |id: &str| EventRow {
+            id: id.into(),
+            tenant_id: "t1".into(),
+            external_id: id.into(),
+            idempotency_key: id.into(),
+            order_id: "o1".into(),
+            kind: "order_created".into(),
+            occurred_at: 0,
+            received_at: 0,
+            body: "{}".into(),
+            status: "processed".into(),
+        };
+        let mut events: HashMap<String, (EventRow, usize)> = HashMap::from([
+            ("e1".to_owned(), (event("e1"), 2)),
+            ("e2".to_owned(), (event("e2"), 1)),
+        ]);
+        let first = take_event(&mut events, "e1").map(|e| e.id);
+        assert_eq!(first.as_deref(), Some("e1"));
+        assert_eq!(events.get("e1").map(|(_, uses)| *uses), Some(1));
+        let last = take_event(&mut events, "e1").map(|e| e.id);
+        assert_eq!(last.as_deref(), Some("e1"));
+        assert!(
+            !events.contains_key("e1"),
+            "the last message takes the event itself"
+        );
+        assert!(take_event(&mut events, "e1").is_none());
+        assert!(take_event(&mut events, "missing").is_none());
+        assert_eq!(
+            take_event(&mut events, "e2").map(|e| e.id).as_deref(),
+            Some("e2")
+        );
+        assert!(events.is_empty());
+    }
 
     #[test]
     fn timings_resolve_against_now_and_never_into_the_past() {
