@@ -939,7 +939,6 @@ impl Pipeline {
     }
 }
 
-/// An audit entry about `row`'s order.
 /// What a plugin is told about an order besides the event: the
 /// notifications so far and the open escalations.
 #[derive(Debug, Clone, Default)]
@@ -982,6 +981,7 @@ impl OrderContext {
     }
 }
 
+/// An audit entry about `row`'s order.
 fn audit_entry<'a>(
     row: &'a EventRow,
     message_id: Option<&'a str>,
