@@ -399,6 +399,15 @@ fn filter(column: &str, n: usize, value: Option<&str>) -> String {
     }
 }
 
+/// `count` numbered parameters from `$first` on, for an `IN (…)` list:
+/// `$3, $4, $5`.
+fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Now, in milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
@@ -406,7 +415,13 @@ pub fn now_ms() -> i64 {
 
 #[cfg(test)]
 mod tests {
-    use super::filter;
+    use super::{filter, placeholders};
+
+    #[test]
+    fn placeholders_are_numbered_from_the_first() {
+        assert_eq!(placeholders(3, 3), "$3, $4, $5");
+        assert_eq!(placeholders(1, 1), "$1");
+    }
 
     #[test]
     fn a_list_filter_is_an_indexable_equality_or_a_condition_that_holds() {

@@ -163,8 +163,7 @@ impl TestService {
 
     /// Move the pipeline's clock forward by `minutes` (no sleeping).
     pub fn advance_clock(&self, minutes: i64) {
-        self.clock_offset_ms
-            .fetch_add(minutes * 60_000, Ordering::SeqCst);
+        self.advance_clock_secs(minutes * 60);
     }
 
     /// Move the pipeline's clock forward by `secs` seconds (no sleeping).

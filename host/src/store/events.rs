@@ -132,10 +132,9 @@ impl Store {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let params: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
         let query = format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE id IN ({})",
-            params.join(", ")
+            super::placeholders(1, ids.len())
         );
         let mut q = sqlx::query_as(&query);
         for id in ids {

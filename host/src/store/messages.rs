@@ -506,11 +506,10 @@ impl Store {
         if ids.is_empty() {
             return Ok(0);
         }
-        let params: Vec<String> = (3..ids.len() + 3).map(|n| format!("${n}")).collect();
         let query = format!(
             "UPDATE messages SET status = 'scheduled', lease_owner = NULL, lease_until = NULL, updated_at = $2
              WHERE status = 'sending' AND lease_owner = $1 AND id IN ({})",
-            params.join(", ")
+            super::placeholders(3, ids.len())
         );
         let mut q = sqlx::query(&query).bind(owner).bind(now);
         for id in ids {
