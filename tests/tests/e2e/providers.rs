@@ -867,6 +867,16 @@ impl Hanging {
         )
         .await;
         let (_, quick) = shop(&service, "email", &[]).await;
+        // All of them stored before the worker starts, so that its first
+        // lease finds them all and takes its fill at once, oldest first;
+        // started earlier, it could lease while some were still being
+        // stored, and then hold more than half and lease no more.
+        for n in 0..SLOW_ORDERS {
+            service
+                .post_event(&slow.1, &order(&format!("ord_slow{n}")))
+                .await;
+        }
+        service.process_events().await;
         let pipeline = service.state.pipeline.clone();
         let transport: std::sync::Arc<dyn tidings_host::dispatch::Transport> = std::sync::Arc::new(
             service
@@ -880,12 +890,6 @@ impl Hanging {
             service.state.wake.clone(),
             "test-worker".into(),
         ));
-        for n in 0..SLOW_ORDERS {
-            service
-                .post_event(&slow.1, &order(&format!("ord_slow{n}")))
-                .await;
-        }
-        service.process_events().await;
         let hanging = &endpoint;
         wait_for("the hanging endpoint to hold its places", || async move {
             hanging.received().len() >= PER_DESTINATION
