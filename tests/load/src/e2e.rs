@@ -24,7 +24,9 @@ use serde_json::json;
 use tokio::sync::Mutex;
 
 use crate::http::Conn;
-use crate::service::{self, Database, Db, ServeOptions, Service, SmtpSink};
+use crate::service::{
+    self, Database, Db, ServeOptions, Service, SmtpSink, machine_ticks, process_cpu_time,
+};
 use crate::stats::Latencies;
 
 /// Where messages go.
@@ -74,6 +76,11 @@ pub struct Throughput {
     pub cpu: Duration,
     /// Messages the event worker handed straight to the message worker.
     pub handed_over: u64,
+    /// This load generator's own CPU time over the same span.
+    pub load_cpu: Duration,
+    /// The share of the machine's CPU time (all cores) that was idle over
+    /// the same span.
+    pub idle: f64,
 }
 
 /// One fixed-rate run.
@@ -226,6 +233,8 @@ pub async fn full_speed(
         conns.push(conn);
     }
     let cpu_before = setup.service.cpu_time()?;
+    let load_cpu_before = process_cpu_time("/proc/self/stat")?;
+    let machine_before = machine_ticks()?;
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for mut conn in conns {
@@ -264,6 +273,10 @@ pub async fn full_speed(
     .context("not every message was handed to the transport within 10 minutes")?;
     let end_to_end = done - start;
     let cpu = setup.service.cpu_time()? - cpu_before;
+    let load_cpu = process_cpu_time("/proc/self/stat")? - load_cpu_before;
+    let machine_after = machine_ticks()?;
+    let idle = (machine_after.0 - machine_before.0) as f64
+        / (machine_after.1 - machine_before.1).max(1) as f64;
     let handed_over = setup
         .service
         .handed_over(&mut Conn::new(setup.service.addr))
@@ -280,6 +293,8 @@ pub async fn full_speed(
         delivered,
         cpu,
         handed_over,
+        load_cpu,
+        idle,
     })
 }
 

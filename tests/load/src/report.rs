@@ -15,16 +15,16 @@ pub fn end_to_end(options: &Options, throughput: &[Throughput], rates: &[Rate]) 
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "Full speed: {} `order_created` events (one order and one email each) over {} keep-alive connections. Messages/s while posting: handed to the transport until the last POST was answered, over that time; after: the rest, over the time it took. Handed over at once: messages the event worker gave straight to the message worker as it stored them, without a lease from the table.\n",
+        "Full speed: {} `order_created` events (one order and one email each) over {} keep-alive connections. Messages/s while posting: handed to the transport until the last POST was answered, over that time; after: the rest, over the time it took. Handed over at once: messages the event worker gave straight to the message worker as it stored them, without a lease from the table. CPU per event, from the first POST to the last message handed over: the service's (all threads), this load generator's; idle: the share of the machine's two cores' time that nobody used over that span.\n",
         options.events, options.connections
     );
-    s.push_str("| database | transport | events/s, POST → handed to transport | ingest events/s (all 202s) | messages/s while posting | messages/s after | ack p50 ms | ack p99 ms | service CPU µs per event | handed over at once | delivered |\n");
-    s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    s.push_str("| database | transport | events/s, POST → handed to transport | ingest events/s (all 202s) | messages/s while posting | messages/s after | ack p50 ms | ack p99 ms | service CPU µs per event | load generator CPU µs per event | machine idle | handed over at once | delivered |\n");
+    s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for t in throughput {
         let after = t.end_to_end.saturating_sub(t.ingest).as_secs_f64();
         let _ = writeln!(
             s,
-            "| {} | {} | **{:.0}** | {:.0} | {:.0} | {:.0} | {} | {} | {:.0} | {} | {}/{} |",
+            "| {} | {} | **{:.0}** | {:.0} | {:.0} | {:.0} | {} | {} | {:.0} | {:.0} | {:.0} % | {} | {}/{} |",
             t.db.name(),
             t.transport.name(),
             t.events as f64 / t.end_to_end.as_secs_f64(),
@@ -34,6 +34,8 @@ pub fn end_to_end(options: &Options, throughput: &[Throughput], rates: &[Rate]) 
             ms(t.acks.quantile(0.5)),
             ms(t.acks.quantile(0.99)),
             t.cpu.as_secs_f64() * 1e6 / t.events as f64,
+            t.load_cpu.as_secs_f64() * 1e6 / t.events as f64,
+            t.idle * 100.0,
             t.handed_over,
             t.delivered,
             t.events,

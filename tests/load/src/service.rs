@@ -172,26 +172,9 @@ impl Service {
     }
 
     /// CPU time the service has used so far, all its threads, user and
-    /// system (`/proc/PID/stat`, in the kernel's `USER_HZ` ticks, which
-    /// are 1/100 s on Linux).
+    /// system.
     pub fn cpu_time(&self) -> anyhow::Result<Duration> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
-        // The command name, in parentheses, may hold spaces: count fields
-        // from after it. utime and stime are fields 14 and 15 of the line.
-        let rest = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest)
-            .context("unexpected /proc/PID/stat")?;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let tick = |i: usize| -> anyhow::Result<u64> {
-            Ok(fields
-                .get(i)
-                .context("short /proc/PID/stat")?
-                .parse::<u64>()?)
-        };
-        // Field 3 (the state) is the first after the name.
-        let ticks = tick(14 - 3)? + tick(15 - 3)?;
-        Ok(Duration::from_millis(ticks * 10))
+        process_cpu_time(&format!("/proc/{}/stat", self.pid()))
     }
 
     /// Resident memory now and at its peak, in bytes (`VmRSS`, `VmHWM`).
@@ -471,4 +454,44 @@ pub fn fixture(kind: &str) -> anyhow::Result<Value> {
     Ok(serde_json::from_str(
         &std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?,
     )?)
+}
+
+/// CPU time a process has used so far, all its threads, user and system,
+/// from its `/proc/PID/stat` (in the kernel's `USER_HZ` ticks, which are
+/// 1/100 s on Linux). `/proc/self/stat` is the load generator's own.
+pub fn process_cpu_time(stat_path: &str) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(stat_path)?;
+    // The command name, in parentheses, may hold spaces: count fields
+    // from after it. utime and stime are fields 14 and 15 of the line.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("unexpected /proc/PID/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| -> anyhow::Result<u64> {
+        Ok(fields
+            .get(i)
+            .context("short /proc/PID/stat")?
+            .parse::<u64>()?)
+    };
+    // Field 3 (the state) is the first after the name.
+    let ticks = tick(14 - 3)? + tick(15 - 3)?;
+    Ok(Duration::from_millis(ticks * 10))
+}
+
+/// The whole machine's CPU ticks so far, all cores: (idle, total), from the
+/// first line of `/proc/stat`. Idle counts `idle` and `iowait`.
+pub fn machine_ticks() -> anyhow::Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().context("empty /proc/stat")?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    // user nice system idle iowait irq softirq steal (guest time is
+    // already counted in user).
+    let total = ticks.iter().take(8).sum();
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    Ok((idle, total))
 }
