@@ -42,10 +42,11 @@ impl FileTransport {
             }
         };
         let transport_id = path.display().to_string();
-        // One hand-off to a blocking thread for the file operations.
-        tokio::task::spawn_blocking(move || write_atomically(&path, &bytes))
-            .await
-            .map_err(|e| DispatchError::transient(format!("the file writer failed: {e}")))??;
+        // Written here, on the async worker, rather than handed to a
+        // blocking thread: a few KiB into the page cache take ~25–35 µs of
+        // kernel time, and the hand-off to a blocking thread and back cost
+        // more than that in wake-ups (BENCHMARKS.md, 2026-12-07).
+        write_atomically(&path, &bytes)?;
         Ok(Receipt {
             transport_id,
             provider_id: None,
@@ -53,17 +54,66 @@ impl FileTransport {
     }
 }
 
-/// Write `bytes` to `path` through a temporary file and a rename, creating
-/// the directory when it is not there (the first message, or someone removed
-/// it meanwhile).
+/// Write `bytes` to `path` so that it appears whole or not at all, creating
+/// the directory when it is not there (the first message, or someone
+/// removed it meanwhile).
+///
+/// On Linux the file is written unnamed (`O_TMPFILE`) and then linked in
+/// under its name: one directory entry made, against two made and one
+/// removed for a temporary file renamed into place, which costs twice the
+/// kernel time per message on ext4 (BENCHMARKS.md, 2026-12-07). Where that
+/// is not possible (a file system without `O_TMPFILE`, no `/proc`, or a
+/// message handed over twice whose file exists), a temporary file is
+/// renamed over it.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), DispatchError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let linked = match write_unnamed(dir, path, bytes) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            create_dir(dir)?;
+            write_unnamed(dir, path, bytes)
+        }
+        linked => linked,
+    };
+    if linked.is_ok() {
+        return Ok(());
+    }
+    write_renamed(dir, path, bytes)
+}
+
+/// Write `bytes` into an unnamed file in `dir`, then give it the name `path`.
+#[cfg(target_os = "linux")]
+fn write_unnamed(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::fd::AsRawFd as _;
+
+    use rustix::fs::{AtFlags, CWD, Mode, OFlags};
+
+    let fd = rustix::fs::open(
+        dir,
+        OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o644),
+    )?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(bytes)?;
+    // The unnamed file is reached through its descriptor's link in /proc
+    // (`AT_EMPTY_PATH` on the descriptor itself needs a capability).
+    let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
+    rustix::fs::linkat(CWD, proc_path.as_str(), CWD, path, AtFlags::SYMLINK_FOLLOW)?;
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn write_unnamed(_dir: &Path, _path: &Path, _bytes: &[u8]) -> std::io::Result<()> {
+    Err(std::io::ErrorKind::Unsupported.into())
+}
+
+/// Write `bytes` to a temporary file beside `path`, then rename it over
+/// `path`.
+fn write_renamed(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), DispatchError> {
     let tmp = path.with_extension("tmp");
     let written = match std::fs::write(&tmp, bytes) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let dir = path.parent().unwrap_or(Path::new("."));
-            std::fs::create_dir_all(dir).map_err(|e| {
-                DispatchError::transient(format!("cannot create {}: {e}", dir.display()))
-            })?;
+            create_dir(dir)?;
             std::fs::write(&tmp, bytes)
         }
         written => written,
@@ -72,6 +122,11 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), DispatchError> {
         .map_err(|e| DispatchError::transient(format!("cannot write {}: {e}", tmp.display())))?;
     std::fs::rename(&tmp, path)
         .map_err(|e| DispatchError::transient(format!("cannot write {}: {e}", path.display())))
+}
+
+fn create_dir(dir: &Path) -> Result<(), DispatchError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| DispatchError::transient(format!("cannot create {}: {e}", dir.display())))
 }
 
 impl Transport for FileTransport {
@@ -123,5 +178,27 @@ mod tests {
             .collect();
         assert_eq!(names, ["msg_1.json"], "no temporary file is left");
         std::fs::remove_dir_all(&root).expect("removable");
+    }
+
+    /// The file appears under its name only once it is whole; a name that
+    /// is taken is not overwritten this way (the caller renames instead).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn an_unnamed_file_is_linked_in_whole_and_never_over_another() {
+        let dir = std::env::temp_dir().join(crate::store::new_id("tidings-file-test"));
+        std::fs::create_dir_all(&dir).expect("creatable");
+        let path = dir.join("msg_1.eml");
+
+        write_unnamed(&dir, &path, b"whole").expect("the temporary directory takes O_TMPFILE");
+        assert_eq!(std::fs::read(&path).expect("linked in"), b"whole");
+        let taken = write_unnamed(&dir, &path, b"again").expect_err("the name is taken");
+        assert_eq!(taken.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&path).expect("still there"), b"whole");
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .expect("listable")
+            .map(|entry| entry.expect("an entry").file_name())
+            .collect();
+        assert_eq!(names, ["msg_1.eml"], "the unlinked second file is gone");
+        std::fs::remove_dir_all(&dir).expect("removable");
     }
 }
