@@ -148,7 +148,7 @@ fn tracked(json: serde_json::Value, path: String, misses: &Arc<Misses>) -> Value
             let items = items
                 .into_iter()
                 .enumerate()
-                .map(|(i, item)| tracked(item, format!("{path}[{i}]"), misses))
+                .map(|(i, item)| child(item, || format!("{path}[{i}]"), misses))
                 .collect();
             Value::from_object(TrackedList {
                 path,
@@ -160,12 +160,12 @@ fn tracked(json: serde_json::Value, path: String, misses: &Arc<Misses>) -> Value
             let entries = map
                 .into_iter()
                 .map(|(key, item)| {
-                    let child = if path.is_empty() {
-                        key.clone()
-                    } else {
-                        format!("{path}.{key}")
+                    let joined = || match path.is_empty() {
+                        true => key.clone(),
+                        false => format!("{path}.{key}"),
                     };
-                    (key, tracked(item, child, misses))
+                    let value = child(item, joined, misses);
+                    (key, value)
                 })
                 .collect();
             Value::from_object(TrackedMap {
@@ -175,6 +175,17 @@ fn tracked(json: serde_json::Value, path: String, misses: &Arc<Misses>) -> Value
             })
         }
     }
+}
+
+/// A map's or list's item. Its path is worked out (a string of its own)
+/// only if it is a map or list itself, since only those record lookups;
+/// most of a context's values are strings and numbers.
+fn child(json: serde_json::Value, path: impl FnOnce() -> String, misses: &Arc<Misses>) -> Value {
+    let path = match &json {
+        serde_json::Value::Array(_) | serde_json::Value::Object(_) => path(),
+        _ => String::new(),
+    };
+    tracked(json, path, misses)
 }
 
 #[derive(Debug)]
