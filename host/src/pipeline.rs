@@ -81,6 +81,18 @@ pub struct Pipeline {
     clock: Clock,
     lease: std::time::Duration,
     plugins: Arc<Mutex<HashMap<String, Plugin>>>,
+    /// Each tenant's settings as last parsed, with the text they were
+    /// parsed from: the stages read them for every event and message.
+    settings: Arc<Mutex<HashMap<String, ParsedSettings>>>,
+}
+
+/// How many tenants' parsed settings a pipeline keeps.
+const PARSED_SETTINGS_KEPT: usize = 4096;
+
+/// A tenant's settings document and what it parses to.
+struct ParsedSettings {
+    text: String,
+    settings: Arc<TenantSettings>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -115,6 +127,7 @@ impl Pipeline {
             clock: Arc::new(Timestamp::now),
             lease: crate::schedule::LEASE,
             plugins: Arc::new(Mutex::new(HashMap::new())),
+            settings: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -247,9 +260,9 @@ impl Pipeline {
     pub async fn tenant(
         &self,
         tenant_id: &str,
-    ) -> Result<(TenantRow, TenantSettings), PipelineError> {
+    ) -> Result<(TenantRow, Arc<TenantSettings>), PipelineError> {
         let tenant = self.store.tenant(tenant_id).await?;
-        Self::parse_tenant(tenant_id, tenant)
+        self.parse_tenant(tenant_id, tenant)
     }
 
     /// [`Pipeline::tenant`] as read at most [`crate::store::CACHE_TTL`]
@@ -258,24 +271,50 @@ impl Pipeline {
     pub async fn tenant_cached(
         &self,
         tenant_id: &str,
-    ) -> Result<(TenantRow, TenantSettings), PipelineError> {
+    ) -> Result<(TenantRow, Arc<TenantSettings>), PipelineError> {
         let tenant = self.store.tenant_cached(tenant_id).await?;
-        Self::parse_tenant(tenant_id, tenant)
+        self.parse_tenant(tenant_id, tenant)
     }
 
+    /// `tenant`'s settings, parsed again only when their text differs from
+    /// what was parsed last for this tenant.
     fn parse_tenant(
+        &self,
         tenant_id: &str,
         tenant: Option<TenantRow>,
-    ) -> Result<(TenantRow, TenantSettings), PipelineError> {
+    ) -> Result<(TenantRow, Arc<TenantSettings>), PipelineError> {
         let tenant = tenant.ok_or_else(|| PipelineError::Corrupt {
             what: "event",
             message: format!("unknown tenant {tenant_id}"),
         })?;
-        let settings =
-            TenantSettings::from_json(&tenant.settings).map_err(|e| PipelineError::Corrupt {
+        let parsed = self.settings.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(parsed) = parsed.get(tenant_id)
+            && parsed.text == tenant.settings
+        {
+            let settings = parsed.settings.clone();
+            return Ok((tenant, settings));
+        }
+        drop(parsed);
+        let settings = Arc::new(TenantSettings::from_json(&tenant.settings).map_err(|e| {
+            PipelineError::Corrupt {
                 what: "tenant settings",
                 message: e.to_string(),
-            })?;
+            }
+        })?);
+        let mut parsed = self.settings.lock().unwrap_or_else(|e| e.into_inner());
+        if parsed.len() >= PARSED_SETTINGS_KEPT && !parsed.contains_key(tenant_id) {
+            // Start again rather than grow with every tenant ever seen: a
+            // tenant whose parse is dropped is parsed again when next read.
+            parsed.clear();
+        }
+        parsed.insert(
+            tenant_id.to_owned(),
+            ParsedSettings {
+                text: tenant.settings.clone(),
+                settings: settings.clone(),
+            },
+        );
+        drop(parsed);
         Ok((tenant, settings))
     }
 

@@ -67,20 +67,14 @@ impl FileTransport {
 /// renamed over it.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), DispatchError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let linked = match write_unnamed(dir, path, bytes) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            create_dir(dir)?;
-            write_unnamed(dir, path, bytes)
-        }
-        linked => linked,
-    };
-    if linked.is_ok() {
+    if write_unnamed(dir, path, bytes).is_ok() {
         return Ok(());
     }
     write_renamed(dir, path, bytes)
 }
 
-/// Write `bytes` into an unnamed file in `dir`, then give it the name `path`.
+/// Write `bytes` into an unnamed file in `dir`, creating `dir` when it is
+/// not there, then give the file the name `path`.
 #[cfg(target_os = "linux")]
 fn write_unnamed(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
@@ -88,15 +82,26 @@ fn write_unnamed(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
     use rustix::fs::{AtFlags, CWD, Mode, OFlags};
 
-    let fd = rustix::fs::open(
-        dir,
-        OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o644),
-    )?;
+    let open = || {
+        rustix::fs::open(
+            dir,
+            OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        )
+    };
+    let fd = match open() {
+        Err(rustix::io::Errno::NOENT) => {
+            std::fs::create_dir_all(dir)?;
+            open()?
+        }
+        fd => fd?,
+    };
     let mut file = std::fs::File::from(fd);
     file.write_all(bytes)?;
     // The unnamed file is reached through its descriptor's link in /proc
-    // (`AT_EMPTY_PATH` on the descriptor itself needs a capability).
+    // (`AT_EMPTY_PATH` on the descriptor itself needs a capability). Only
+    // the open is tried again after making the directory: without /proc
+    // this fails, and the message is written once more, renamed.
     let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
     rustix::fs::linkat(CWD, proc_path.as_str(), CWD, path, AtFlags::SYMLINK_FOLLOW)?;
     Ok(())
@@ -181,7 +186,8 @@ mod tests {
     }
 
     /// The file appears under its name only once it is whole; a name that
-    /// is taken is not overwritten this way (the caller renames instead).
+    /// is taken is not overwritten this way (the caller renames instead); a
+    /// missing directory is made.
     #[cfg(target_os = "linux")]
     #[test]
     fn an_unnamed_file_is_linked_in_whole_and_never_over_another() {
@@ -199,6 +205,12 @@ mod tests {
             .map(|entry| entry.expect("an entry").file_name())
             .collect();
         assert_eq!(names, ["msg_1.eml"], "the unlinked second file is gone");
+
+        // A missing directory is made, and only the open is tried again.
+        let missing = dir.join("push").join("msg_2.json");
+        write_unnamed(missing.parent().expect("a parent"), &missing, b"made")
+            .expect("the directory is created");
+        assert_eq!(std::fs::read(&missing).expect("linked in"), b"made");
         std::fs::remove_dir_all(&dir).expect("removable");
     }
 }

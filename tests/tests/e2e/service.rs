@@ -1036,7 +1036,26 @@ async fn sandbox_limits_are_set_by_the_operator_only(db: Db) {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
 
-    // The operator lowers this tenant's fuel...
+    // An event decided before the change runs with the default limits (the
+    // pipeline keeps the settings it parsed while their text is unchanged)...
+    service
+        .post_event(&key, &event(EventKind::OrderCreated, "ord_before"))
+        .await;
+    service.run_workers().await;
+    let (_, events) = service
+        .call(
+            Method::GET,
+            "/v1/events?order_id=ord_before",
+            Some(&key),
+            None,
+        )
+        .await;
+    assert_eq!(
+        events["items"][0]["decisions"][0]["outcome"], "actions",
+        "{events}"
+    );
+
+    // ...then the operator lowers this tenant's fuel...
     let (status, answer) = service
         .call(
             Method::PUT,
