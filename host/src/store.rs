@@ -11,7 +11,8 @@
 //! On a SQLite file, the writes that commit together (see [`Writes`]) are
 //! stored by a writer thread on a connection of its own (rusqlite, on the
 //! same SQLite library as sqlx), running the same statements ([`exec`])
-//! back to back instead of one thread round trip each.
+//! back to back instead of one thread round trip each, and made durable by
+//! a flusher thread while the writer goes on ([`writer`]).
 
 mod audit;
 mod cache;
@@ -114,9 +115,7 @@ pub struct Store {
     writer: Option<Arc<tokio::sync::Mutex<()>>>,
     /// What the pipeline reads for every event and message.
     cached: Arc<Cached>,
-    /// SQLite: writes to store together at the next write turn.
-    pending: Option<Arc<std::sync::Mutex<writes::Pending>>>,
-    /// SQLite files: the thread that stores them.
+    /// SQLite files: the thread that stores [`Writes`] in batches.
     batch_writer: Option<Arc<writer::Writer>>,
 }
 
@@ -145,8 +144,9 @@ type WriteTurn = Option<tokio::sync::OwnedMutexGuard<()>>;
 
 /// Group commit for SQLite. Connections commit with `synchronous = NORMAL`
 /// — into the write-ahead log, in order, without waiting for the disk — and
-/// every store method that writes (leases aside) calls [`Store::durable`] before it
-/// returns: one `fdatasync` of the log makes every commit that finished
+/// every store method that writes on the pool (leases aside) calls
+/// [`Store::durable`] before it returns (the batch writer's flusher thread
+/// does the same for its batches): one `fdatasync` of the log makes every commit that finished
 /// before it durable, so concurrent writers share one flush instead of
 /// taking one each while holding SQLite's write lock. What a method has
 /// written is on disk when it returns, as with `synchronous = FULL`
@@ -188,7 +188,10 @@ impl WalSync {
 /// `fdatasync` the log at `path` (and its directory when the file is new to
 /// us); returns its inode. No log: nothing is waiting in one (the last
 /// connection to close checkpoints it into the synced database file).
-fn flush_log(path: &std::path::Path, known: Option<u64>) -> std::io::Result<Option<u64>> {
+pub(super) fn flush_log(
+    path: &std::path::Path,
+    known: Option<u64>,
+) -> std::io::Result<Option<u64>> {
     use std::os::unix::fs::MetadataExt;
     let file = match std::fs::File::open(path) {
         Ok(file) => file,
@@ -259,10 +262,14 @@ impl Store {
                     .await?
             }
         };
+        let writer = match backend {
+            Backend::Sqlite => Some(Arc::new(tokio::sync::Mutex::new(()))),
+            Backend::Postgres => None,
+        };
         // The writer thread only opens the file here; it first writes after
         // the migrations (below).
-        let (wal, batch_writer) = match backend {
-            Backend::Sqlite if !in_memory => {
+        let (wal, batch_writer) = match (backend, &writer) {
+            (Backend::Sqlite, Some(turn)) if !in_memory => {
                 let (file,): (String,) =
                     sqlx::query_as("SELECT file FROM pragma_database_list WHERE name = 'main'")
                         .fetch_one(&pool)
@@ -276,14 +283,14 @@ impl Store {
                     synced: AtomicU64::new(0),
                     flushing: tokio::sync::Mutex::new(None),
                 };
-                let batch_writer = writer::Writer::open(std::path::Path::new(&file))?;
+                let batch_writer = writer::Writer::open(
+                    std::path::Path::new(&file),
+                    wal.path.clone(),
+                    turn.clone(),
+                )?;
                 (Some(Arc::new(wal)), Some(Arc::new(batch_writer)))
             }
             _ => (None, None),
-        };
-        let writer = match backend {
-            Backend::Sqlite => Some(Arc::new(tokio::sync::Mutex::new(()))),
-            Backend::Postgres => None,
         };
         let store = Self {
             pool,
@@ -291,10 +298,6 @@ impl Store {
             wal,
             writer,
             cached: Arc::default(),
-            pending: match backend {
-                Backend::Sqlite => Some(Arc::default()),
-                Backend::Postgres => None,
-            },
             batch_writer,
         };
         store.migrate().await?;

@@ -220,21 +220,16 @@ impl Writes {
     }
 }
 
-/// Writes waiting for the next write turn (SQLite), with whom to tell.
-pub(super) type Pending = Vec<(
-    Writes,
-    tokio::sync::oneshot::Sender<Result<Applied, StoreError>>,
-)>;
-
 impl Store {
     /// Store `writes` in one transaction, durably.
     ///
-    /// On SQLite, writes that other tasks commit meanwhile go into the same
-    /// transaction: whoever gets the next write turn stores everything
-    /// waiting, so a burst of events and deliveries costs one transaction
-    /// and one flush, not one each. Each `Writes` is still all or nothing:
-    /// if any of them fails, the transaction is rolled back and each is
-    /// stored again on its own.
+    /// On a SQLite file, writes that other tasks commit meanwhile go into
+    /// the same transaction: the writer thread stores everything queued
+    /// when it gets the write turn, so a burst of events and deliveries
+    /// costs one transaction and one flush, not one each (see
+    /// [`super::writer`]). Each `Writes` is still all or nothing: if any of
+    /// them fails, the transaction is rolled back and each is stored again
+    /// on its own.
     pub async fn commit(&self, writes: Writes) -> Result<Committed, StoreError> {
         Ok(self.commit_counted(writes).await?.committed)
     }
@@ -273,111 +268,53 @@ impl Store {
     }
 
     async fn commit_applied(&self, writes: Writes) -> Result<Applied, StoreError> {
-        let Some(pending) = &self.pending else {
-            return self.commit_alone(&writes).await;
-        };
-        let (done, mut result) = tokio::sync::oneshot::channel();
-        pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((writes, done));
-        // Whoever gets the turn next stores everything waiting, ours too. If
-        // ours are stored before our turn comes, leave the queue: otherwise
-        // every caller whose writes were taken along still waits its turn,
-        // one wake-up after another, and under load an ingest's
-        // acknowledgement waited behind tens of them, its event long stored.
-        let turn = tokio::select! {
-            biased;
-            answer = &mut result => return Self::answer(answer),
-            turn = self.writing() => turn,
-        };
-        let batch = std::mem::take(&mut *pending.lock().unwrap_or_else(|e| e.into_inner()));
-        if batch.is_empty() {
-            // Someone before us took ours along.
-            drop(turn);
-        } else {
-            // In a task of its own, so that the others' writes are stored
-            // even if this caller goes away.
-            let store = self.clone();
-            tokio::spawn(async move { store.store_batch(batch, turn).await });
-        }
-        Self::answer(result.await)
-    }
-
-    fn answer(
-        answer: Result<Result<Applied, StoreError>, tokio::sync::oneshot::error::RecvError>,
-    ) -> Result<Applied, StoreError> {
-        answer.unwrap_or_else(|_| {
-            Err(StoreError::Batch(
-                "the transaction with these writes ended without an answer".into(),
-            ))
-        })
-    }
-
-    async fn store_batch(&self, batch: Pending, turn: super::WriteTurn) {
-        let (writes, done): (Vec<Writes>, Vec<_>) = batch.into_iter().unzip();
-        let writes = std::sync::Arc::new(writes);
-        let together = match &self.batch_writer {
-            Some(writer) => {
-                let on_thread = writes.clone();
-                // An error here is the transaction's (rolled back) or the
-                // writer's own (it stopped): either way nothing was stored.
-                writer
-                    .run(move |conn| apply_all(conn, &on_thread))
-                    .await
-                    .and_then(|stored| stored)
-            }
-            None => {
-                async {
-                    let mut tx = self.begin_write().await?;
-                    let mut outcomes = Vec::with_capacity(writes.len());
-                    for w in writes.iter() {
-                        outcomes.push(apply(&mut *tx, w).await?);
-                    }
-                    tx.commit().await?;
-                    Ok::<_, StoreError>(outcomes)
-                }
-                .await
-            }
-        };
-        match together {
-            Ok(outcomes) => {
-                let flushed = self.durable(turn).await;
-                for (done, outcome) in done.into_iter().zip(outcomes) {
-                    let _ = done.send(match &flushed {
-                        Ok(()) => Ok(outcome),
-                        Err(err) => Err(StoreError::Batch(err.to_string())),
-                    });
-                }
-            }
-            Err(err) => {
-                // Each on its own, on the pool: one failing `Writes` fails
-                // alone, and a writer thread that stopped loses nothing.
-                tracing::warn!(error = %err, writes = writes.len(), "storing writes together failed; storing each alone");
-                for (w, done) in writes.iter().zip(done) {
-                    let _ = done.send(self.commit_alone_locked(w).await);
-                }
-                let _ = self.durable(turn).await;
-            }
+        match &self.batch_writer {
+            Some(writer) => writer.store(writes).await,
+            None => self.commit_alone(&writes).await,
         }
     }
 
-    /// One `Writes` in a transaction of its own (PostgreSQL).
+    /// One `Writes` in a transaction of its own (PostgreSQL, and SQLite in
+    /// memory).
     async fn commit_alone(&self, writes: &Writes) -> Result<Applied, StoreError> {
         let turn = self.writing().await;
-        let committed = self.commit_alone_locked(writes).await?;
-        self.durable(turn).await?;
-        Ok(committed)
-    }
-
-    /// One `Writes` in a transaction of its own, with the write turn held
-    /// (if the backend has one).
-    async fn commit_alone_locked(&self, writes: &Writes) -> Result<Applied, StoreError> {
         let mut tx = self.begin_write().await?;
         let committed = apply(&mut *tx, writes).await?;
         tx.commit().await?;
+        self.durable(turn).await?;
         Ok(committed)
     }
+}
+
+/// On the SQLite writer's connection: `batch` in one transaction, or, if
+/// that fails, each `Writes` in a transaction of its own, so that one
+/// failing fails alone. The outcomes are in `batch`'s order.
+pub(super) fn store_all(
+    conn: &mut rusqlite::Connection,
+    batch: &[Writes],
+) -> Vec<Result<Applied, StoreError>> {
+    let failed = match guarded(conn, batch) {
+        Ok(outcomes) => return outcomes.into_iter().map(Ok).collect(),
+        Err(failed) => failed,
+    };
+    if batch.len() > 1 {
+        tracing::warn!(error = %failed, writes = batch.len(), "storing writes together failed; storing each alone");
+    }
+    batch
+        .iter()
+        .map(|writes| guarded(conn, std::slice::from_ref(writes)).map(|mut one| one.remove(0)))
+        .collect()
+}
+
+/// [`apply_all`], with a panic in it rolled back and answered as an error.
+fn guarded(conn: &mut rusqlite::Connection, batch: &[Writes]) -> Result<Vec<Applied>, StoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| apply_all(conn, batch)))
+        .unwrap_or_else(|_| {
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            Err(StoreError::Batch("storing these writes panicked".into()))
+        })
 }
 
 /// On the SQLite writer's connection: `batch` in one transaction that
@@ -764,8 +701,8 @@ mod tests {
         let (dir, store, tenant) = file_store().await;
         assert!(store.batch_writer.is_some(), "a file has the writer thread");
 
-        // Both wait for the turn this test holds, so the first to get it
-        // stores them in one batch.
+        // Both are queued while this test holds the turn, so the writer
+        // stores them in one batch when it gets it.
         let turn = store.writing().await;
         let (good, bad) = {
             let (s1, s2) = (store.clone(), store.clone());
@@ -783,17 +720,7 @@ mod tests {
             });
             (good, bad)
         };
-        while store
-            .pending
-            .as_ref()
-            .expect("sqlite")
-            .lock()
-            .expect("lock")
-            .len()
-            < 2
-        {
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         drop(turn);
 
         let (row, new) = good
@@ -811,10 +738,11 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    /// Writes taken along in another caller's batch are answered when that
-    /// batch is stored, even while a third party holds the write turn.
+    /// The writer thread writes only in the write turn, which writers on
+    /// the pool (leases) take too: nothing is stored while another holds
+    /// it, and what was queued meanwhile is stored once it is given back.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn writes_stored_in_another_batch_do_not_wait_for_their_turn() {
+    async fn the_writer_waits_for_the_write_turn() {
         let (dir, store, tenant) = file_store().await;
         let commit = |key: &'static str| {
             let (store, tenant_id) = (store.clone(), tenant.id.clone());
@@ -824,35 +752,34 @@ mod tests {
                 store.commit_event(w).await
             })
         };
-        // Queued for the turn in this order: `first`, the holder, `second`.
-        let settle = || tokio::time::sleep(std::time::Duration::from_millis(50));
-        let turn = store.writing().await;
-        let first = commit("evt_first");
-        settle().await;
-        let (release, released) = tokio::sync::oneshot::channel::<()>();
-        let holder = {
-            let store = store.clone();
-            tokio::spawn(async move {
-                let _turn = store.writing().await;
-                let _ = released.await;
-            })
+        let events = || async {
+            let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM events")
+                .fetch_one(store.pool())
+                .await
+                .expect("count");
+            count
         };
-        settle().await;
-        let second = commit("evt_second");
-        settle().await;
+        let turn = store.writing().await;
+        let (first, second) = (commit("evt_first"), commit("evt_second"));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(!first.is_finished() && !second.is_finished());
+        assert_eq!(
+            events().await,
+            0,
+            "nothing is written during another's turn"
+        );
         drop(turn);
 
-        // `first` takes both into its batch; then the holder has the turn.
-        first.await.expect("task").expect("first stored");
-        let (row, new) = tokio::time::timeout(std::time::Duration::from_secs(10), second)
-            .await
-            .expect("answered while the holder has the turn")
-            .expect("task")
-            .expect("second stored");
-        assert!(new);
-        assert_eq!(row.idempotency_key, "evt_second");
-        let _ = release.send(());
-        holder.await.expect("holder");
+        for (task, key) in [(first, "evt_first"), (second, "evt_second")] {
+            let (row, new) = tokio::time::timeout(std::time::Duration::from_secs(10), task)
+                .await
+                .expect("answered once the turn is given back")
+                .expect("task")
+                .expect("stored");
+            assert!(new);
+            assert_eq!(row.idempotency_key, key);
+        }
+        assert_eq!(events().await, 2);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
