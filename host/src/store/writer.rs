@@ -70,16 +70,24 @@ impl Writer {
     }
 
     /// Store `writes` in the next batch; answers once they are durable.
-    pub(super) async fn store(&self, writes: Writes) -> Result<Applied, StoreError> {
+    /// If the writer thread has stopped, `writes` are given back unstored.
+    pub(super) fn store(
+        &self,
+        writes: Writes,
+    ) -> Result<impl Future<Output = Result<Applied, StoreError>> + use<>, Writes> {
         let (answer, answered) = oneshot::channel();
-        self.jobs
-            .send(Job::Store(writes, answer))
-            .map_err(|_| StoreError::Batch("the SQLite writer has stopped".into()))?;
-        answered.await.unwrap_or_else(|_| {
-            Err(StoreError::Batch(
-                "the SQLite writer stopped mid-way".into(),
-            ))
-        })
+        match self.jobs.send(Job::Store(writes, answer)) {
+            Ok(()) => Ok(async move {
+                answered.await.unwrap_or_else(|_| {
+                    Err(StoreError::Batch(
+                        "the SQLite writer stopped mid-way".into(),
+                    ))
+                })
+            }),
+            Err(mpsc::SendError(Job::Store(writes, _))) => Err(writes),
+            #[cfg(test)]
+            Err(mpsc::SendError(Job::Run(_))) => unreachable!("a store job was sent"),
+        }
     }
 
     /// Run `job` on the writer's connection and return what it returns.

@@ -268,10 +268,19 @@ impl Store {
     }
 
     async fn commit_applied(&self, writes: Writes) -> Result<Applied, StoreError> {
-        match &self.batch_writer {
-            Some(writer) => writer.store(writes).await,
-            None => self.commit_alone(&writes).await,
-        }
+        let writes = match &self.batch_writer {
+            Some(writer) => match writer.store(writes) {
+                Ok(answered) => return answered.await,
+                Err(writes) => {
+                    // Nothing is lost if the writer thread has stopped: the
+                    // pool stores these on its own.
+                    tracing::error!("the SQLite writer has stopped; storing writes on the pool");
+                    writes
+                }
+            },
+            None => writes,
+        };
+        self.commit_alone(&writes).await
     }
 
     /// One `Writes` in a transaction of its own (PostgreSQL, and SQLite in
