@@ -314,7 +314,6 @@ impl Pipeline {
                 settings: settings.clone(),
             },
         );
-        drop(parsed);
         Ok((tenant, settings))
     }
 

@@ -109,6 +109,19 @@ impl Writer {
     }
 }
 
+/// `job` on `conn`, or `None` if it panicked: then the transaction it left
+/// open is rolled back, and the thread goes on with the next job.
+pub(super) fn rolled_back_on_panic<T>(
+    conn: &mut rusqlite::Connection,
+    job: impl FnOnce(&mut rusqlite::Connection) -> T,
+) -> Option<T> {
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(conn)));
+    if ran.is_err() && !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    ran.ok()
+}
+
 /// A committed batch's answers, waiting for the flush.
 type Committed = Vec<(Answer, Result<Applied, StoreError>)>;
 
@@ -128,12 +141,8 @@ fn write_batches(
             Job::Store(writes, answer) => (writes, answer),
             #[cfg(test)]
             Job::Run(job) => {
-                // A job that panics has its transaction rolled back (and
-                // its caller told it ended without an answer).
-                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(conn)));
-                if ran.is_err() && !conn.is_autocommit() {
-                    let _ = conn.execute_batch("ROLLBACK");
-                }
+                // Its caller is told it ended without an answer.
+                let _ = rolled_back_on_panic(conn, job);
                 continue;
             }
         };

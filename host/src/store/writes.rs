@@ -7,6 +7,7 @@ use super::audit::insert_audit;
 use super::events::insert_event;
 use super::exec::{Direct, Exec, ready};
 use super::messages::{insert_decision, insert_message, settle};
+use super::writer::rolled_back_on_panic;
 use super::{
     AuditEntry, EventRow, MessageRow, NewEvent, NewMessage, Store, StoreError, new_id, now_ms,
 };
@@ -317,13 +318,8 @@ pub(super) fn store_all(
 
 /// [`apply_all`], with a panic in it rolled back and answered as an error.
 fn guarded(conn: &mut rusqlite::Connection, batch: &[Writes]) -> Result<Vec<Applied>, StoreError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| apply_all(conn, batch)))
-        .unwrap_or_else(|_| {
-            if !conn.is_autocommit() {
-                let _ = conn.execute_batch("ROLLBACK");
-            }
-            Err(StoreError::Batch("storing these writes panicked".into()))
-        })
+    rolled_back_on_panic(conn, |conn| apply_all(conn, batch))
+        .unwrap_or_else(|| Err(StoreError::Batch("storing these writes panicked".into())))
 }
 
 /// On the SQLite writer's connection: `batch` in one transaction that
